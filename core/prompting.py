@@ -1,0 +1,145 @@
+"""Building the chat the model sees: persona, mood guidance, length, and recent history.
+
+History is fitted by counting tokens with the model's own tokenizer and chat template (via
+the generator), so the prompt uses as much of the conversation as the budget allows and
+never overflows the context window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from core.personas import LENGTH_INSTRUCTIONS, Persona
+from core.types import ChatMessage, LengthPreset, Mood, MoodResult, StoredMessage
+
+TokenCounter = Callable[[Sequence[ChatMessage]], int]
+
+MOOD_CONFIDENCE_FLOOR = 0.35
+"""Below this the detector is guessing; telling the persona a wrong mood does more harm."""
+
+
+def fold_system_prompt(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """Merge system turns into the first user turn, for templates without a system role.
+
+    Mistral-7B-Instruct's template raises on a system message; its documented practice is to
+    put instructions at the start of the first user message.
+    """
+    system = "\n\n".join(m.content for m in messages if m.role == "system")
+    rest = [m for m in messages if m.role != "system"]
+    if not system:
+        return rest
+    if rest and rest[0].role == "user":
+        return [ChatMessage("user", f"{system}\n\n{rest[0].content}"), *rest[1:]]
+    return [ChatMessage("user", system), *rest]
+
+
+def normalise_turns(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """Make turns strictly alternate user/assistant after an optional system message.
+
+    Stored history breaks alternation whenever two people speak in a row in a group, or a
+    generation failed and left a user message unanswered; strict templates reject that.
+    """
+    out: list[ChatMessage] = []
+    for message in messages:
+        if message.role == "system" and out:
+            raise ValueError("a system message may only come first")
+        if message.role == "assistant" and (not out or out[-1].role == "system"):
+            continue  # the conversation must open with the user
+        if out and out[-1].role == message.role and message.role != "system":
+            out[-1] = ChatMessage(message.role, f"{out[-1].content}\n{message.content}")
+        else:
+            out.append(message)
+    return out
+
+
+def system_prompt(
+    persona: Persona, mood: MoodResult, length: LengthPreset, speaker_names: Sequence[str]
+) -> str:
+    """The persona's instructions plus what it should do about the user's mood right now."""
+    parts = [persona.system_prompt.strip()]
+    if len(speaker_names) > 1:
+        parts.append(
+            "Several people are talking in this chat; each of their messages starts with the "
+            "speaker's name. Reply as yourself, without a name prefix."
+        )
+    if mood.mood is not Mood.NO_EMOTION and mood.confidence >= MOOD_CONFIDENCE_FLOOR:
+        guidance = persona.mood_guidance(mood.mood) or ""
+        parts.append(f"The user seems to feel {mood.mood.value} right now. {guidance}".strip())
+    else:
+        guidance = persona.mood_guidance(Mood.NO_EMOTION)
+        if guidance:
+            parts.append(guidance)
+    parts.append(LENGTH_INSTRUCTIONS[length])
+    return "\n\n".join(parts)
+
+
+def _as_chat(message: StoredMessage, multi_party: bool) -> ChatMessage:
+    if message.role == "assistant":
+        return ChatMessage("assistant", message.text)
+    content = f"{message.author_name}: {message.text}" if multi_party else message.text
+    return ChatMessage("user", content)
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """The messages to send and how much of the stored history made it in."""
+
+    messages: list[ChatMessage]
+    tokens: int
+    history_used: int
+
+
+class PromptBuilder:
+    """Fits persona, mood guidance and as much recent history as the token budget allows."""
+
+    def __init__(self, count_tokens: TokenCounter, budget_tokens: int) -> None:
+        self._count = count_tokens
+        self._budget = budget_tokens
+
+    def build(
+        self,
+        *,
+        persona: Persona,
+        mood: MoodResult,
+        length: LengthPreset,
+        history: Sequence[StoredMessage],
+        current: StoredMessage,
+        max_new_tokens: int,
+    ) -> Prompt:
+        """``history`` is oldest first and excludes ``current``."""
+        speakers = sorted({m.author_name for m in (*history, current) if m.role == "user"})
+        multi_party = len(speakers) > 1
+        system = ChatMessage("system", system_prompt(persona, mood, length, speakers))
+        now = _as_chat(current, multi_party)
+        budget = self._budget - max_new_tokens
+
+        def render(k: int, last: ChatMessage = now) -> list[ChatMessage]:
+            past = [_as_chat(m, multi_party) for m in history[len(history) - k :]] if k else []
+            return normalise_turns([system, *past, last])
+
+        now = self._fit_current(render, now, budget)
+        # The token count grows with k, so the largest k that fits is found by bisection:
+        # a handful of template renders instead of one per stored message.
+        low, high = 0, len(history)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self._count(render(mid, now)) <= budget:
+                low = mid
+            else:
+                high = mid - 1
+        messages = render(low, now)
+        return Prompt(messages=messages, tokens=self._count(messages), history_used=low)
+
+    def _fit_current(
+        self,
+        render: Callable[[int, ChatMessage], list[ChatMessage]],
+        now: ChatMessage,
+        budget: int,
+    ) -> ChatMessage:
+        """Shorten an oversized message (keeping its start and end) rather than fail."""
+        content = now.content
+        while self._count(render(0, ChatMessage("user", content))) > budget and len(content) > 64:
+            keep = len(content) * 3 // 8
+            content = f"{content[:keep]}\n[…]\n{content[-keep:]}"
+        return ChatMessage("user", content)

@@ -1,0 +1,247 @@
+"""The one place configuration comes from: environment variables and an optional TOML file.
+
+Settings are read once at start-up by :func:`load_settings` and passed down explicitly, so
+every component can be built from a plain :class:`Settings` value in tests.
+
+Precedence, highest first: explicit overrides (the CLI), environment variables
+(``PERSONABOT_<NAME>``, plus ``DISCORD_TOKEN`` and ``TELEGRAM_TOKEN``), the TOML file named by
+``PERSONABOT_CONFIG`` (flat keys with the same names in lower case, e.g. ``model_profile``),
+then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from core.errors import ConfigError
+
+ENV_PREFIX = "PERSONABOT_"
+
+ModelProfileName = Literal["auto", "mistral-7b", "smollm2-135m"]
+MoodDetectorName = Literal["lexicon"]
+GeneratorBackendName = Literal["transformers"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Follow the XDG convention so a user's data survives re-cloning the repository."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "personabot"
+
+
+class Settings(BaseSettings):
+    """Every knob personabot has. Field docs double as the README's configuration reference."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    config: Path | None = Field(
+        default=None, description="TOML file with any of these settings (flat keys)."
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the SQLite database, converted models and adapters live.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Where converted model weights are cached (default: DATA_DIR/cache).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="Any SQLAlchemy async URL; default SQLite at DATA_DIR/personabot.db.",
+    )
+    auto_migrate: bool = Field(
+        default=True, description="Upgrade the database schema at start-up when it is behind."
+    )
+    model_profile: ModelProfileName = Field(
+        default="auto",
+        description="'mistral-7b' (GPU, 4-bit), 'smollm2-135m' (offline CPU) or 'auto': "
+        "mistral-7b when CUDA is available, else smollm2-135m.",
+    )
+    model_path: str | None = Field(
+        default=None,
+        description="Hub id or local directory overriding the profile's model weights.",
+    )
+    adapter_path: Path | None = Field(
+        default=None, description="LoRA adapter directory overriding the profile's default."
+    )
+    load_in_4bit: bool | None = Field(
+        default=None,
+        description="Force bitsandbytes NF4 on or off (default: the profile's choice).",
+    )
+    device: DeviceName = Field(default="auto", description="Where the model runs.")
+    generator_backend: GeneratorBackendName = Field(
+        default="transformers", description="Which generation backend serves replies."
+    )
+    mood_detector: MoodDetectorName = Field(
+        default="lexicon", description="Which mood detector classifies user messages."
+    )
+    persona_dir: Path | None = Field(
+        default=None,
+        description="Folder of extra persona TOML files (default: DATA_DIR/personas).",
+    )
+    default_persona: str = Field(
+        default="friend", description="Persona a new conversation starts with."
+    )
+    max_message_chars: int = Field(
+        default=8000, ge=1, le=1_000_000, description="Longest user message accepted."
+    )
+    history_messages: int = Field(
+        default=200, ge=0, le=10_000, description="Most stored messages considered per reply."
+    )
+    max_prompt_tokens: int = Field(
+        default=2048,
+        ge=256,
+        description="Prompt budget in tokens; capped by the model's context window.",
+    )
+    seed: int | None = Field(default=None, description="Fix sampling for reproducible replies.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING", description="Logging threshold for messages on standard error."
+    )
+    discord_token: SecretStr | None = Field(
+        default=None,
+        description="Discord bot token; set it to start the Discord frontend.",
+    )
+    telegram_token: SecretStr | None = Field(
+        default=None,
+        description="Telegram bot token; set it to start the Telegram frontend.",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("default_persona", mode="before")
+    @classmethod
+    def _normalise_persona(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings gathers the environment and the TOML file itself, so that it can tell
+        # the user which source a bad value came from; constructing Settings directly (tests)
+        # therefore never reads the process environment by surprise.
+        return (init_settings,)
+
+    # Derived locations -------------------------------------------------------------------
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
+
+    @property
+    def resolved_persona_dir(self) -> Path:
+        return self.persona_dir or self.data_dir / "personas"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'personabot.db').resolve()}"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Config file {path} (PERSONABOT_CONFIG) does not exist. Create it or unset "
+            "PERSONABOT_CONFIG."
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"Config file {path} cannot be read: {exc.strerror}") from None
+    allowed = set(Settings.model_fields) - {"config"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"Config file {path}: unknown key(s) {', '.join(unknown)}. "
+            f"Accepted keys: {', '.join(sorted(allowed))}."
+        )
+    return data
+
+
+_TOKEN_ENV = {"DISCORD_TOKEN": "discord_token", "TELEGRAM_TOKEN": "telegram_token"}
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    for name, target in _TOKEN_ENV.items():
+        if target == field:
+            return name
+    return ENV_PREFIX + field.upper()
+
+
+def _describe_error(error: Mapping[str, Any], source: str | None) -> str:
+    """Turn one pydantic error into a line naming the setting the way the user wrote it."""
+    loc = error.get("loc") or ("?",)
+    key = str(loc[0])
+    where = f"{env_name(key)} (or '{key}' in {source})" if source else env_name(key)
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) or value is None else f" = {value!r}"
+    message = str(error.get("msg", "invalid value"))
+    if error.get("type") == "extra_forbidden":
+        accepted = ", ".join(sorted(env_name(f) for f in Settings.model_fields))
+        message = f"unknown setting; accepted names: {accepted}"
+    elif error.get("type") == "literal_error":
+        expected = (error.get("ctx") or {}).get("expected", "")
+        message = f"expected one of {expected}"
+    return f"  {where}{shown}: {message}"
+
+
+
+
+def _values_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name, value in env.items():
+        if name in _TOKEN_ENV:
+            values[_TOKEN_ENV[name]] = value
+        elif name.startswith(ENV_PREFIX):
+            values[name[len(ENV_PREFIX) :].lower()] = value
+    return values
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read and validate settings once; raise ConfigError listing every bad key.
+
+    ``env`` defaults to the process environment; tests pass their own mapping. Unknown
+    ``PERSONABOT_*`` variables are errors, because a typo silently ignored is worse.
+    """
+    env_values = _values_from_env(os.environ if env is None else env)
+    explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
+    config_path = explicit.get("config") or env_values.get("config")
+    values: dict[str, Any] = {}
+    if config_path:
+        values.update(_read_toml(Path(config_path).expanduser()))
+    values.update(env_values)
+    values.update(explicit)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        source = str(config_path) if config_path else None
+        lines = [_describe_error(err, source) for err in exc.errors()]
+        raise ConfigError("Invalid configuration:\n" + "\n".join(lines)) from None

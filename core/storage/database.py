@@ -1,0 +1,215 @@
+"""Opening the database: engine set-up, SQLite tuning and the schema-version check.
+
+Everything that can go wrong at start-up (an unwritable folder, an unreachable server, a
+schema that is behind or from a newer release) is turned into a :class:`StorageError` whose
+message names the setting to change, because that is all an operator sees.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from alembic.util.exc import CommandError
+from sqlalchemy import URL, event, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from core.errors import StorageError
+from core.storage import migrate
+
+SETTINGS_HINT = (
+    "Set PERSONABOT_DATA_DIR to a writable folder or PERSONABOT_DATABASE_URL to another database."
+)
+
+
+def sqlite_url(path: Path) -> str:
+    """The async SQLite URL for a database file (made absolute, so the cwd does not matter)."""
+    return f"sqlite+aiosqlite:///{path.expanduser().resolve()}"
+
+
+def masked(url: str | URL) -> str:
+    """The URL as it may appear in logs and error messages: without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file behind a SQLite URL, or ``None`` for in-memory and non-SQLite databases."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database or ""
+    if url.query.get("uri") in ("true", "1") and database.startswith("file:"):
+        if "mode=memory" in str(url.query.get("mode", "")) or "mode=memory" in database:
+            return None
+        database = database.removeprefix("file:").split("?", 1)[0]
+    if database in ("", ":memory:"):
+        return None
+    return Path(database).expanduser()
+
+
+def prepare_sqlite_file(path: Path) -> None:
+    """Create the database's folder and fail early, naming the path, when it is unusable.
+
+    SQLite's own error for this case is "unable to open database file", which names neither
+    the file nor what to do about it.
+    """
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        reason = (
+            f"{blocker} is a file, not a folder"
+            if blocker is not None and not blocker.is_dir()
+            else one_line(exc.strerror or str(exc))
+        )
+        raise StorageError(
+            f"Cannot create the folder {folder} for the database file {path}: {reason}. "
+            f"{SETTINGS_HINT}"
+        ) from exc
+    if not folder.is_dir():
+        raise StorageError(
+            f"Cannot use the database file {path}: {folder} is not a folder. {SETTINGS_HINT}"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"Cannot use the database file {path}: the folder {folder} is not writable. "
+            f"{SETTINGS_HINT}"
+        )
+    if path.exists() and not (path.is_file() and os.access(path, os.R_OK | os.W_OK)):
+        raise StorageError(
+            f"Cannot use the database file {path}: it is not a readable and writable file. "
+            f"{SETTINGS_HINT}"
+        )
+
+
+def _install_sqlite_pragmas(engine: AsyncEngine, *, file_db: bool) -> None:
+    """Tune every new SQLite connection; pragmas are per connection, so one-off is not enough.
+
+    WAL lets readers run while a reply is being written, busy_timeout makes concurrent writers
+    wait instead of failing with "database is locked", foreign_keys enables the ON DELETE
+    rules the schema relies on, and synchronous=NORMAL is the safe setting for WAL.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            if file_db:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """An async engine for any SQLAlchemy async URL, with SQLite tuned and its folder ready."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StorageError(
+            f"The database URL is not valid ({one_line(str(exc))}). Set "
+            "PERSONABOT_DATABASE_URL to a SQLAlchemy URL such as "
+            "sqlite+aiosqlite:////path/to/personabot.db."
+        ) from exc
+    path = sqlite_file(parsed)
+    if path is not None:
+        prepare_sqlite_file(path)
+    try:
+        engine = create_async_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+    except (SQLAlchemyError, ImportError) as exc:
+        raise StorageError(
+            f"Cannot use the database {masked(parsed)}: {one_line(str(exc))}. "
+            "PERSONABOT_DATABASE_URL must name an async driver that is installed, e.g. "
+            "sqlite+aiosqlite:// or postgresql+asyncpg://."
+        ) from exc
+    if parsed.get_backend_name() == "sqlite":
+        _install_sqlite_pragmas(engine, file_db=path is not None)
+    return engine
+
+
+class Database:
+    """An async engine plus the session factory the repository draws short sessions from."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        # expire_on_commit=False: rows are turned into plain values after commit, and
+        # reloading them would need another round trip (or fail outside the session).
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def url(self) -> str:
+        """The database URL with the password hidden, for messages."""
+        return masked(self.engine.url)
+
+    def session(self) -> AsyncSession:
+        return self._sessions()
+
+    @classmethod
+    async def open(cls, url: str, *, auto_migrate: bool = True) -> Database:
+        """Connect, check the schema revision and migrate it to the newest when allowed."""
+        engine = make_engine(url)
+        try:
+            await _check_schema(engine, auto_migrate=auto_migrate)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def _check_schema(engine: AsyncEngine, *, auto_migrate: bool) -> None:
+    where = masked(engine.url)
+    try:
+        heads = await migrate.current_heads(engine)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StorageError(f"Cannot open the database {where}: {_cause(exc)}") from exc
+    head = migrate.head_revision()
+    unknown = sorted(set(heads) - migrate.known_revisions())
+    if unknown:
+        raise StorageError(
+            f"The database {where} is at schema revision {', '.join(unknown)}, which this "
+            "version of personabot does not know: a newer version has written it. Upgrade "
+            "personabot, or point PERSONABOT_DATABASE_URL at another database. The database "
+            "was left untouched."
+        )
+    if heads == (head,):
+        return
+    current = ", ".join(heads) or "none (empty database)"
+    if not auto_migrate:
+        raise StorageError(
+            f"The database {where} is at schema revision {current}, but this version of "
+            f"personabot needs {head}. Run `personabot db upgrade` (or set "
+            "PERSONABOT_AUTO_MIGRATE=true)."
+        )
+    try:
+        await migrate.upgrade(engine)
+    except (SQLAlchemyError, OSError, CommandError) as exc:
+        raise StorageError(
+            f"Upgrading the database {where} from schema revision {current} to {head} "
+            f"failed: {_cause(exc)}"
+        ) from exc
+
+
+def _cause(exc: BaseException) -> str:
+    """The driver's own message, without SQLAlchemy's SQL echo and documentation link."""
+    orig = getattr(exc, "orig", None)
+    return one_line(str(orig) if orig is not None else str(exc))
+
+
+def one_line(message: str) -> str:
+    """One line without a final full stop, to be embedded in a sentence of our own."""
+    return message.strip().split("\n", 1)[0].rstrip(".")

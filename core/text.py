@@ -1,0 +1,76 @@
+"""Cleaning what users send and what the model says back.
+
+Both directions are hostile in their own way: users paste control characters, lone
+surrogates from broken clients and whole novels; small models run on past their turn and
+start writing the user's next line. These functions make both safe to store and to show.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+
+from core.errors import InputError
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# C0 and C1 controls, DEL and zero-width/bidi formatting marks, except tab and newline.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+_MANY_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def clean_user_text(text: str, *, max_chars: int) -> str:
+    """Normalise a user message or raise InputError saying what is wrong with it."""
+    text = _SURROGATES.sub("\ufffd", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROLS.sub("", text)
+    text = unicodedata.normalize("NFC", text).strip()
+    text = _MANY_BLANK_LINES.sub("\n\n", text)
+    if not text:
+        raise InputError("That message is empty. Type something to talk to the bot.")
+    if len(text) > max_chars:
+        raise InputError(
+            f"That message is {len(text):,} characters long; the limit is {max_chars:,}. "
+            "Please send a shorter one."
+        )
+    return text
+
+
+_USER_SPEAKERS = ("user", "human", "you", "me")
+_ASSISTANT_SPEAKERS = ("assistant", "bot")
+_SPECIAL_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "[INST]", "[/INST]", "</s>")
+
+
+def _alternation(names: Iterable[str]) -> str:
+    return "|".join(re.escape(n.strip()) for n in names if n.strip())
+
+
+def speaker_stop_strings(user_names: Iterable[str]) -> tuple[str, ...]:
+    """Stop sequences that mean the model began writing someone else's line."""
+    names = [*_USER_SPEAKERS, *(n.capitalize() for n in _USER_SPEAKERS), *user_names]
+    stops = [f"\n{name}:" for name in names if name.strip()]
+    return tuple(dict.fromkeys([*stops, *_SPECIAL_MARKERS]))
+
+
+def clean_model_output(
+    text: str, *, user_names: Iterable[str] = (), assistant_names: Iterable[str] = ()
+) -> str:
+    """Cut the reply where the model starts to speak for someone else; tidy whitespace.
+
+    A leading ``Assistant:``-style label is dropped; a line that starts with a user's name
+    (or ``User:``) ends the reply, since everything after it is the model imagining the
+    user's answer.
+    """
+    for marker in _SPECIAL_MARKERS:
+        cut = text.find(marker)
+        if cut >= 0:
+            text = text[:cut]
+    own = _alternation([*_ASSISTANT_SPEAKERS, *assistant_names])
+    text = re.sub(rf"^\s*(?:{own})\s*:\s*", "", text, count=1, flags=re.IGNORECASE)
+    others = _alternation([*_USER_SPEAKERS, *user_names])
+    turn = re.search(rf"(?:^|\n)[ \t]*(?:{others})[ \t]*:", text, flags=re.IGNORECASE)
+    if turn:
+        text = text[: turn.start()]
+    text = _SURROGATES.sub("", text)
+    text = _CONTROLS.sub("", text)
+    return _MANY_BLANK_LINES.sub("\n\n", text).strip()

@@ -1,0 +1,114 @@
+"""The personabot command line, run as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+COMMANDS = [[], ["chat"], ["run"], ["personas"], ["config"], ["db"], ["db", "upgrade"],
+            ["db", "downgrade"], ["db", "current"]]
+
+
+def personabot(
+    args: list[str], tmp_path: Path, model_cache_dir: Path, stdin: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
+    environment = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith("PERSONABOT_") and k not in ("DISCORD_TOKEN", "TELEGRAM_TOKEN")
+    }
+    environment.update(
+        PERSONABOT_DATA_DIR=str(tmp_path / "data"),
+        PERSONABOT_CACHE_DIR=str(model_cache_dir),
+        PERSONABOT_MODEL_PROFILE="smollm2-135m",
+        PERSONABOT_SEED="42",
+        **env,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "bots", *args], input=stdin, env=environment,
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_every_command_has_help(command: list[str], tmp_path: Path, model_cache_dir: Path) -> None:
+    done = personabot([*command, "--help"], tmp_path, model_cache_dir)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout
+    assert len(done.stdout.strip().splitlines()) > 3
+
+
+def test_piped_chat_gives_one_line_per_input_and_persists(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    lines = [
+        "/persona pirate",
+        "Hello there, who are you?",
+        "/mood I am so happy today, this is wonderful!",
+        "/length short",
+        "/persona wizard",
+        "   ",
+        "/nonsense",
+        "/personas",
+    ]
+    done = personabot(["chat"], tmp_path, model_cache_dir, stdin="\n".join(lines) + "\n")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert len(out) == len(lines), done.stdout
+    assert out[0].startswith("Persona set to") and "(pirate)" in out[0]
+    assert out[1] and not out[1].startswith("[error]")
+    assert out[2].startswith("Mood: happiness")
+    assert out[3] == "Reply length set to short."
+    assert out[4].startswith("[error] Unknown persona 'wizard'") and "bard" in out[4]
+    assert out[5].startswith("[error]") and "empty" in out[5]
+    assert out[6].startswith("[error] Unknown command /nonsense")
+    assert "* pirate" in out[7]
+
+    # A second process on the same data directory: persona, length and history survived.
+    again = personabot(
+        ["chat", "--json"], tmp_path, model_cache_dir, stdin="/persona\n/length\nAnd now?\n"
+    )
+    assert again.returncode == 0, again.stderr
+    records = [json.loads(line) for line in again.stdout.splitlines()]
+    assert len(records) == 3
+    assert "pirate" in records[0]["text"]
+    assert records[1]["text"].startswith("Reply length: short")
+    assert records[2]["kind"] == "reply" and records[2]["persona"] == "pirate"
+    assert records[2]["mood"] in {"no emotion", "anger", "disgust", "fear", "happiness",
+                                  "sadness", "surprise"}
+
+
+def test_run_without_tokens_starts_the_terminal_and_says_why(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    done = personabot(["run"], tmp_path, model_cache_dir, stdin="/persona\n")
+    assert done.returncode == 0, done.stderr
+    assert "Not starting Discord: DISCORD_TOKEN is not set." in done.stderr
+    assert "Not starting Telegram: TELEGRAM_TOKEN is not set." in done.stderr
+    assert "Starting terminal." in done.stderr
+    assert "Current persona" in done.stdout
+
+
+def test_bad_configuration_exits_2_with_a_clear_message(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    done = personabot(["chat"], tmp_path, model_cache_dir, PERSONABOT_MODEL_PROFILE="huge")
+    assert done.returncode == 2
+    assert "PERSONABOT_MODEL_PROFILE = 'huge'" in done.stderr and "smollm2-135m" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_db_commands_upgrade_and_downgrade(tmp_path: Path, model_cache_dir: Path) -> None:
+    up = personabot(["db", "upgrade"], tmp_path, model_cache_dir)
+    assert up.returncode == 0, up.stderr
+    head = up.stdout.split("latest: ")[1].strip()
+    assert f"database revision: {head};" in up.stdout
+    down = personabot(["db", "downgrade", "base"], tmp_path, model_cache_dir)
+    assert down.returncode == 0, down.stderr
+    assert "database revision: base (empty)" in down.stdout
+    current = personabot(["db", "current"], tmp_path, model_cache_dir)
+    assert "base (empty)" in current.stdout

@@ -1,0 +1,23 @@
+"""The README documents every setting the code accepts, and only those."""
+
+from __future__ import annotations
+
+import re
+
+from core.settings import Settings, env_name
+from tests.conftest import REPO
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (REPO / "README.md").read_text()
+    for field in Settings.model_fields:
+        assert f"`{env_name(field)}`" in readme, f"{env_name(field)} missing from README"
+    documented = set(re.findall(r"`(PERSONABOT_[A-Z0-9_]+)`", readme))
+    known = {env_name(f) for f in Settings.model_fields}
+    assert documented <= known | {"PERSONABOT_TORCH", "PERSONABOT_PYTHON", "PERSONABOT_EXTRAS"}
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "scripts/test" in readme and "scripts/start" in readme
+    assert "scripts/test" in (REPO / ".ci" / "run").read_text()
