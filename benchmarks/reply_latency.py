@@ -48,11 +48,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, object]:
-    cache = Path(os.environ.get("PERSONABOT_CACHE_DIR", ".pytest_cache/models")).resolve()
+    cache: Path = args.cache_dir
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings(
-            data_dir=Path(data_dir), cache_dir=cache, model_profile=args.profile,
-            device=args.device, seed=args.seed, default_persona=args.persona,
+            data_dir=Path(data_dir),
+            cache_dir=cache,
+            model_profile=args.profile,
+            device=args.device,
+            seed=args.seed,
+            default_persona=args.persona,
         )
         started = time.perf_counter()
         engine = await build_engine(settings)
@@ -102,6 +106,7 @@ def main() -> None:
     parser.add_argument("--length", default="medium", help="short, medium or long")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args()
+    args.cache_dir = Path(os.environ.get("PERSONABOT_CACHE_DIR", ".pytest_cache/models")).resolve()
     print(json.dumps(asyncio.run(measure(args)), indent=2))
 
 

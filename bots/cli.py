@@ -167,8 +167,7 @@ def personas(config: ConfigOption = None) -> None:
         )
         for persona in catalog.all():
             default = " (default)" if persona.name == settings.default_persona else ""
-            typer.echo(f"{persona.name:<10} {persona.display_name}{default}: "
-                       f"{persona.description}")
+            typer.echo(f"{persona.name:<10} {persona.display_name}{default}: {persona.description}")
         return 0
 
     _run(_list())
@@ -229,8 +228,7 @@ async def _migrate(settings: Settings, action: str, revision: str) -> int:
         current = await migrate.current_revision(engine)
     finally:
         await engine.dispose()
-    typer.echo(f"database revision: {current or 'base (empty)'}; latest: "
-               f"{migrate.head_revision()}")
+    typer.echo(f"database revision: {current or 'base (empty)'}; latest: {migrate.head_revision()}")
     return 0
 
 

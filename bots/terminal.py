@@ -120,8 +120,9 @@ class TerminalChat:
             persona = await self._engine.set_persona(self._conversation, argument)
             return Line(f"Persona set to {persona.display_name} ({persona.name}).")
         persona = await self._engine.persona(self._conversation)
-        return Line(f"Current persona: {persona.display_name} ({persona.name}): "
-                    f"{persona.description}")
+        return Line(
+            f"Current persona: {persona.display_name} ({persona.name}): {persona.description}"
+        )
 
     async def _personas(self, argument: str) -> Line:
         current = (await self._engine.persona(self._conversation)).name

@@ -46,14 +46,15 @@ def prepare_data_dir(settings: Settings) -> None:
 
 async def load_personas(settings: Settings, store: ConversationStore) -> PersonaCatalog:
     """Built-ins, then the persona folder, then user-made ones; later names override."""
-    personas: list[Persona] = [*load_builtin_personas()]
-    personas += load_persona_dir(settings.resolved_persona_dir)
+    shipped = [*load_builtin_personas(), *load_persona_dir(settings.resolved_persona_dir)]
+    stored: list[Persona] = []
     for name, definition in await store.list_personas():
         try:
-            personas.append(Persona.from_json(definition))
+            stored.append(Persona.from_json(definition))
         except (ValueError, PersonabotError) as exc:
             log.error("Skipping stored persona %r: its definition is invalid (%s).", name, exc)
-    catalog = PersonaCatalog(personas)
+    # User-made personas are kept apart so deleting one brings back what it overrode.
+    catalog = PersonaCatalog(shipped, user=stored)
     if settings.default_persona not in catalog:
         raise ConfigError(
             f"PERSONABOT_DEFAULT_PERSONA={settings.default_persona!r} is not a persona. "

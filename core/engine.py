@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
-from core.errors import GenerationError
+from core.errors import GenerationError, InputError
 from core.generation.base import Generator
 from core.mood import MoodDetector
 from core.ordering import TurnQueue
@@ -57,6 +57,7 @@ class Engine:
         self._generator = generator
         budget = min(settings.max_prompt_tokens, generator.context_window)
         self._prompts = PromptBuilder(generator.count_tokens, budget)
+        self._arrivals = TurnQueue()
         self._turns = TurnQueue()
 
     # -- read-only facts for frontends --------------------------------------------------------
@@ -82,13 +83,18 @@ class Engine:
         generation loses nothing; the reply is committed as soon as it exists.
         """
         text = clean_user_text(text, max_chars=self._settings.max_message_chars)
+        # Two queues, both joined before any await: messages are stored in arrival order, and
+        # answered in arrival order, while storing never waits for a slow generation.
+        arrival = self._arrivals.join(conversation.key())
         turn = self._turns.join(conversation.key())
         try:
             state = await self._state(conversation)
             mood = await self._detect(text, await self._previous_text(state))
+            await arrival.wait()
             user_message = await self._store.add_message(
                 state.id, role="user", author=author, text=text, mood=mood, persona=state.persona
             )
+            arrival.finish()
             await turn.wait()
             state = await self._state(conversation)  # persona/length may have changed meanwhile
             persona = self._persona_of(state)
@@ -104,6 +110,7 @@ class Engine:
                 reply_to_id=user_message.id,
             )
         finally:
+            arrival.finish()
             turn.finish()
         return Reply(
             text=reply_text,
@@ -181,7 +188,12 @@ class Engine:
         self._personas.add(persona)
 
     async def delete_persona(self, name: str) -> bool:
+        """Delete a user-made persona; built-in and folder personas cannot be deleted."""
         persona = self._personas.get(name)
+        if not self._personas.is_user_defined(persona.name):
+            raise InputError(
+                f"{persona.name!r} is not a user-made persona, so it cannot be deleted."
+            )
         removed = await self._store.delete_persona(persona.name)
         if removed:
             self._personas.remove(persona.name)

@@ -349,50 +349,71 @@ def _key(name: str) -> str:
 class PersonaCatalog:
     """The personas available to conversations, looked up by name.
 
-    Build it from personas in precedence order, lowest first: built-ins, then the operator's
-    folder, then user-created personas from the database. A later persona with the same name
-    replaces an earlier one, so an operator can redefine ``pirate`` by dropping a
-    ``pirate.toml`` in the folder, and a user's stored persona wins over both.
+    Two layers, each resolved by name:
+
+    * ``personas`` (the base layer), in precedence order, lowest first: built-ins, then the
+      operator's folder. A later persona with the same name replaces an earlier one, so an
+      operator can redefine ``pirate`` by dropping a ``pirate.toml`` in the folder.
+    * ``user``: personas users created (stored in the database), plus every :meth:`add`.
+      A user persona wins over a base persona of the same name.
+
+    Keeping users' personas in their own layer is what makes deletion right: when a user
+    deletes their own ``pirate``, :meth:`remove` drops it and the base ``pirate`` is served
+    again, instead of the name vanishing until a restart. Passing stored personas in
+    ``personas`` instead still works (they override by order) but then :meth:`remove`
+    deletes the name outright.
 
     Lookups ignore case and surrounding whitespace, because names arrive from chat commands
-    typed by people. The catalog keeps only the winning definition per name: :meth:`remove`
-    deletes the name outright and does not bring back a definition it had overridden (to
-    restore a built-in after deleting a user's override, :meth:`add` the built-in again).
+    typed by people.
     """
 
-    def __init__(self, personas: Iterable[Persona] = ()) -> None:
-        self._personas: dict[str, Persona] = {}
-        for persona in personas:
-            self.add(persona)
+    def __init__(self, personas: Iterable[Persona] = (), *, user: Iterable[Persona] = ()) -> None:
+        self._base: dict[str, Persona] = {persona.name: persona for persona in personas}
+        self._user: dict[str, Persona] = {persona.name: persona for persona in user}
 
     def get(self, name: str) -> Persona:
         """The persona called ``name``; raises :class:`UnknownPersonaError` listing names."""
-        try:
-            return self._personas[_key(name)]
-        except KeyError:
-            raise UnknownPersonaError(name, self.names()) from None
+        key = _key(name)
+        persona = self._user.get(key) or self._base.get(key)
+        if persona is None:
+            raise UnknownPersonaError(name, self.names())
+        return persona
 
     def names(self) -> list[str]:
         """All persona names, sorted."""
-        return sorted(self._personas)
+        return sorted(self._base.keys() | self._user.keys())
 
     def all(self) -> list[Persona]:
-        """All personas, sorted by name."""
-        return [self._personas[name] for name in self.names()]
+        """All personas (the winning definition per name), sorted by name."""
+        return [self.get(name) for name in self.names()]
 
     def add(self, persona: Persona) -> None:
-        """Add ``persona``, replacing any persona with the same name."""
-        self._personas[persona.name] = persona
+        """Add a user persona, replacing any persona with the same name."""
+        self._user[persona.name] = persona
 
     def remove(self, name: str) -> bool:
-        """Remove the persona called ``name``; False if there was none."""
-        return self._personas.pop(_key(name), None) is not None
+        """Remove the winning definition of ``name``; False if there was none.
+
+        Removing a user persona reveals the base persona it overrode, if any, so ``name``
+        may still be in the catalog afterwards.
+        """
+        key = _key(name)
+        if self._user.pop(key, None) is not None:
+            return True
+        return self._base.pop(key, None) is not None
+
+    def is_user_defined(self, name: str) -> bool:
+        """Whether ``name`` currently resolves to a user persona (one :meth:`remove` undoes)."""
+        return _key(name) in self._user
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and _key(name) in self._personas
+        if not isinstance(name, str):
+            return False
+        key = _key(name)
+        return key in self._user or key in self._base
 
     def __len__(self) -> int:
-        return len(self._personas)
+        return len(self.names())
 
     def __iter__(self) -> Iterator[Persona]:
         return iter(self.all())

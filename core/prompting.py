@@ -67,9 +67,9 @@ def system_prompt(
         guidance = persona.mood_guidance(mood.mood) or ""
         parts.append(f"The user seems to feel {mood.mood.value} right now. {guidance}".strip())
     else:
-        guidance = persona.mood_guidance(Mood.NO_EMOTION)
-        if guidance:
-            parts.append(guidance)
+        neutral = persona.mood_guidance(Mood.NO_EMOTION)
+        if neutral:
+            parts.append(neutral)
     parts.append(LENGTH_INSTRUCTIONS[length])
     return "\n\n".join(parts)
 

@@ -211,8 +211,6 @@ def _describe_error(error: Mapping[str, Any], source: str | None) -> str:
     return f"  {where}{shown}: {message}"
 
 
-
-
 def _values_from_env(env: Mapping[str, str]) -> dict[str, str]:
     values: dict[str, str] = {}
     for name, value in env.items():

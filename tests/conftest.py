@@ -60,8 +60,10 @@ def make_settings(tmp_path: Path, model_cache_dir: Path) -> SettingsFactory:
 def offline_generator(model_cache_dir: Path) -> Iterator[TransformersGenerator]:
     """The real SmolLM2 model, loaded once for the whole session."""
     settings = Settings(
-        data_dir=model_cache_dir / "unused", cache_dir=model_cache_dir,
-        model_profile="smollm2-135m", device="cpu",
+        data_dir=model_cache_dir / "unused",
+        cache_dir=model_cache_dir,
+        model_profile="smollm2-135m",
+        device="cpu",
     )
     generator = load_transformers_generator(build_model_spec(settings))
     yield generator
@@ -73,12 +75,12 @@ async def engine(
     make_settings: SettingsFactory, offline_generator: TransformersGenerator
 ) -> AsyncIterator[Engine]:
     """An engine on a fresh database sharing the session's model."""
-    built = await build_engine(make_settings(), generator=_Shared(offline_generator))
+    built = await build_engine(make_settings(), generator=SharedGenerator(offline_generator))
     yield built
     await built.aclose()
 
 
-class _Shared:
+class SharedGenerator:
     """Lends the session's generator to one engine without letting it close the model."""
 
     def __init__(self, inner: TransformersGenerator) -> None:

@@ -10,15 +10,25 @@ from pathlib import Path
 
 import pytest
 
-COMMANDS = [[], ["chat"], ["run"], ["personas"], ["config"], ["db"], ["db", "upgrade"],
-            ["db", "downgrade"], ["db", "current"]]
+COMMANDS = [
+    [],
+    ["chat"],
+    ["run"],
+    ["personas"],
+    ["config"],
+    ["db"],
+    ["db", "upgrade"],
+    ["db", "downgrade"],
+    ["db", "current"],
+]
 
 
 def personabot(
     args: list[str], tmp_path: Path, model_cache_dir: Path, stdin: str = "", **env: str
 ) -> subprocess.CompletedProcess[str]:
     environment = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith("PERSONABOT_") and k not in ("DISCORD_TOKEN", "TELEGRAM_TOKEN")
     }
     environment.update(
@@ -26,11 +36,15 @@ def personabot(
         PERSONABOT_CACHE_DIR=str(model_cache_dir),
         PERSONABOT_MODEL_PROFILE="smollm2-135m",
         PERSONABOT_SEED="42",
-        **env,
     )
+    environment.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "bots", *args], input=stdin, env=environment,
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "bots", *args],
+        input=stdin,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -78,8 +92,15 @@ def test_piped_chat_gives_one_line_per_input_and_persists(
     assert "pirate" in records[0]["text"]
     assert records[1]["text"].startswith("Reply length: short")
     assert records[2]["kind"] == "reply" and records[2]["persona"] == "pirate"
-    assert records[2]["mood"] in {"no emotion", "anger", "disgust", "fear", "happiness",
-                                  "sadness", "surprise"}
+    assert records[2]["mood"] in {
+        "no emotion",
+        "anger",
+        "disgust",
+        "fear",
+        "happiness",
+        "sadness",
+        "surprise",
+    }
 
 
 def test_run_without_tokens_starts_the_terminal_and_says_why(

@@ -10,9 +10,10 @@ import pytest
 from core.bootstrap import build_engine
 from core.engine import Engine
 from core.errors import ConfigError, GenerationError, InputError, StorageError, UnknownPersonaError
+from core.generation.base import Generator
 from core.generation.transformers_backend import TransformersGenerator
 from core.types import Author, ConversationRef, LengthPreset, Mood
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, SharedGenerator
 
 ALICE = Author("u1", "Alice")
 BOB = Author("u2", "Bob")
@@ -199,7 +200,5 @@ async def test_default_persona_must_exist(make_settings: SettingsFactory) -> Non
         await build_engine(make_settings(default_persona="nobody"))
 
 
-def _shared(generator: TransformersGenerator) -> object:
-    from tests.conftest import _Shared
-
-    return _Shared(generator)
+def _shared(generator: TransformersGenerator) -> Generator:
+    return SharedGenerator(generator)

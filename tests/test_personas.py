@@ -325,3 +325,31 @@ def test_catalog_precedence_add_remove() -> None:
     assert catalog.remove("x") is False
     assert "x" not in catalog
     assert [p.name for p in catalog] == ["a", "b"]
+
+
+def test_removing_a_user_persona_reveals_the_base_one() -> None:
+    builtins = load_builtin_personas()
+    stored = make_persona(name="pirate", system_prompt="You are my own pirate.")
+    catalog = PersonaCatalog(builtins, user=[stored])
+    assert catalog.get("pirate") is stored
+    assert catalog.is_user_defined("pirate")
+    assert len(catalog) == len(builtins)
+
+    edited = make_persona(name="pirate", system_prompt="You are my edited pirate.")
+    catalog.add(edited)
+    assert catalog.get("pirate") is edited
+
+    assert catalog.remove("pirate") is True
+    assert catalog.get("pirate").system_prompt.startswith("You are an old, sardonic pirate")
+    assert not catalog.is_user_defined("pirate")
+    # A second remove deletes the base definition too.
+    assert catalog.remove("pirate") is True
+    assert "pirate" not in catalog
+
+
+def test_added_persona_with_a_new_name_is_removed_completely() -> None:
+    catalog = PersonaCatalog(load_builtin_personas())
+    catalog.add(make_persona(name="robot"))
+    assert catalog.names().count("robot") == 1
+    assert catalog.remove("robot") is True
+    assert "robot" not in catalog

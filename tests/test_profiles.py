@@ -37,7 +37,7 @@ def test_mistral_spec_folds_system_prompt_and_uses_nf4(make_settings: SettingsFa
 
 
 def test_missing_adapter_path_is_refused(make_settings: SettingsFactory, tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="adapter_config.json"):
+    with pytest.raises(ModelLoadError, match=r"adapter_config\.json"):
         build_model_spec(make_settings(adapter_path=tmp_path / "nothing"))
 
 
@@ -60,8 +60,12 @@ def test_unreachable_hub_fails_at_start_up_with_advice(tmp_path: Path) -> None:
         "PERSONABOT_DEVICE": "cpu",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "bots", "chat"], input="hello\n", env=env,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "bots", "chat"],
+        input="hello\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 1, done.stderr
     assert "mistralai/Mistral-7B-Instruct-v0.2" in done.stderr

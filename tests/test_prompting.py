@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from core.generation.transformers_backend import TransformersGenerator
 from core.personas import load_builtin_personas
@@ -12,17 +13,29 @@ from core.types import ChatMessage, LengthPreset, Mood, MoodResult, StoredMessag
 NOW = datetime.now(UTC)
 
 
-def stored(i: int, role: str, text: str, author: str = "Alice") -> StoredMessage:
+def stored(
+    i: int, role: Literal["user", "assistant"], text: str, author: str = "Alice"
+) -> StoredMessage:
     return StoredMessage(
-        id=i, role=role, author_id=author, author_name=author, text=text,  # type: ignore[arg-type]
-        mood=None, persona=None, created_at=NOW,
+        id=i,
+        role=role,
+        author_id=author,
+        author_name=author,
+        text=text,
+        mood=None,
+        persona=None,
+        created_at=NOW,
     )
 
 
 def test_fold_system_prompt_into_first_user_turn() -> None:
     folded = fold_system_prompt(
-        [ChatMessage("system", "Be a pirate."), ChatMessage("user", "Hi"),
-         ChatMessage("assistant", "Arr"), ChatMessage("user", "Bye")]
+        [
+            ChatMessage("system", "Be a pirate."),
+            ChatMessage("user", "Hi"),
+            ChatMessage("assistant", "Arr"),
+            ChatMessage("user", "Bye"),
+        ]
     )
     assert [m.role for m in folded] == ["user", "assistant", "user"]
     assert folded[0].content == "Be a pirate.\n\nHi"
@@ -30,11 +43,19 @@ def test_fold_system_prompt_into_first_user_turn() -> None:
 
 def test_normalise_turns_merges_and_drops_leading_assistant() -> None:
     turns = normalise_turns(
-        [ChatMessage("system", "s"), ChatMessage("assistant", "orphan"),
-         ChatMessage("user", "a"), ChatMessage("user", "b"), ChatMessage("assistant", "c")]
+        [
+            ChatMessage("system", "s"),
+            ChatMessage("assistant", "orphan"),
+            ChatMessage("user", "a"),
+            ChatMessage("user", "b"),
+            ChatMessage("assistant", "c"),
+        ]
     )
-    assert turns == [ChatMessage("system", "s"), ChatMessage("user", "a\nb"),
-                     ChatMessage("assistant", "c")]
+    assert turns == [
+        ChatMessage("system", "s"),
+        ChatMessage("user", "a\nb"),
+        ChatMessage("assistant", "c"),
+    ]
 
 
 def test_history_is_fitted_to_the_token_budget(offline_generator: TransformersGenerator) -> None:
@@ -45,8 +66,12 @@ def test_history_is_fitted_to_the_token_budget(offline_generator: TransformersGe
         history.append(stored(i + 1, "assistant", f"Answer {i}: ships are grand, matey, aye."))
     builder = PromptBuilder(offline_generator.count_tokens, budget_tokens=600)
     prompt = builder.build(
-        persona=persona, mood=MoodResult(Mood.SADNESS, 0.9), length=LengthPreset.SHORT,
-        history=history, current=stored(999, "user", "Latest question?"), max_new_tokens=100,
+        persona=persona,
+        mood=MoodResult(Mood.SADNESS, 0.9),
+        length=LengthPreset.SHORT,
+        history=history,
+        current=stored(999, "user", "Latest question?"),
+        max_new_tokens=100,
     )
     assert prompt.tokens <= 500
     assert 0 < prompt.history_used < len(history)
@@ -59,8 +84,12 @@ def test_history_is_fitted_to_the_token_budget(offline_generator: TransformersGe
     assert persona.system_prompt.strip() in system and "sadness" in system
     # One more message would not have fitted.
     bigger = PromptBuilder(offline_generator.count_tokens, budget_tokens=10_000).build(
-        persona=persona, mood=MoodResult(Mood.SADNESS, 0.9), length=LengthPreset.SHORT,
-        history=history, current=stored(999, "user", "Latest question?"), max_new_tokens=100,
+        persona=persona,
+        mood=MoodResult(Mood.SADNESS, 0.9),
+        length=LengthPreset.SHORT,
+        history=history,
+        current=stored(999, "user", "Latest question?"),
+        max_new_tokens=100,
     )
     assert bigger.history_used == len(history)
 
@@ -69,9 +98,12 @@ def test_group_history_names_speakers(offline_generator: TransformersGenerator) 
     persona = load_builtin_personas()[0]
     builder = PromptBuilder(offline_generator.count_tokens, budget_tokens=2000)
     prompt = builder.build(
-        persona=persona, mood=MoodResult(Mood.NO_EMOTION, 0.9), length=LengthPreset.MEDIUM,
+        persona=persona,
+        mood=MoodResult(Mood.NO_EMOTION, 0.9),
+        length=LengthPreset.MEDIUM,
         history=[stored(1, "user", "I like tea.", "Alice"), stored(2, "assistant", "Nice!")],
-        current=stored(3, "user", "I prefer coffee.", "Bob"), max_new_tokens=50,
+        current=stored(3, "user", "I prefer coffee.", "Bob"),
+        max_new_tokens=50,
     )
     assert prompt.messages[1].content == "Alice: I like tea."
     assert prompt.messages[-1].content == "Bob: I prefer coffee."
@@ -82,7 +114,11 @@ def test_low_confidence_mood_is_not_asserted(offline_generator: TransformersGene
     persona = load_builtin_personas()[0]
     builder = PromptBuilder(offline_generator.count_tokens, budget_tokens=2000)
     prompt = builder.build(
-        persona=persona, mood=MoodResult(Mood.ANGER, 0.1), length=LengthPreset.MEDIUM,
-        history=[], current=stored(1, "user", "ok"), max_new_tokens=50,
+        persona=persona,
+        mood=MoodResult(Mood.ANGER, 0.1),
+        length=LengthPreset.MEDIUM,
+        history=[],
+        current=stored(1, "user", "ok"),
+        max_new_tokens=50,
     )
     assert "anger" not in prompt.messages[0].content

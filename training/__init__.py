@@ -1,1 +1,1 @@
-"""DailyDialog data preparation, LoRA fine-tuning and evaluation (filled in by the training work)."""
+"""DailyDialog data preparation, LoRA fine-tuning and evaluation."""

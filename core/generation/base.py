@@ -42,15 +42,11 @@ class Generator(Protocol):
         """Tokens of the prompt these messages render to, generation prompt included."""
         ...
 
-    async def generate(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
-    ) -> Generation:
+    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Generation:
         """Complete the chat with one assistant turn."""
         ...
 
-    def stream(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
-    ) -> AsyncIterator[str]:
+    def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> AsyncIterator[str]:
         """Yield the assistant turn in pieces as they are decoded; cancelling stops decoding."""
         ...
 

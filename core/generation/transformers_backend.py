@@ -71,9 +71,7 @@ class TransformersGenerator:
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self._encode(messages))
 
-    async def generate(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
-    ) -> Generation:
+    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Generation:
         self._check_open()
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
@@ -271,8 +269,8 @@ def load_transformers_generator(spec: ModelSpec) -> TransformersGenerator:
     else:
         kwargs["dtype"] = torch.float32
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer: Any = AutoTokenizer.from_pretrained(source)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise ModelLoadError(
             f"Cannot load model {source!s} for profile {spec.profile}: {exc}\n"
