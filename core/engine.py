@@ -19,7 +19,12 @@ from core.personas import Persona, PersonaCatalog
 from core.prompting import Prompt, PromptBuilder
 from core.settings import Settings
 from core.storage import ConversationState, ConversationStore, Database
-from core.text import clean_model_output, clean_user_text, speaker_stop_strings
+from core.text import (
+    clean_model_output,
+    clean_user_text,
+    speaker_stop_strings,
+    trim_to_last_sentence,
+)
 from core.types import (
     Author,
     ConversationRef,
@@ -299,6 +304,8 @@ class Engine:
                 user_names=user_names,
                 assistant_names=(persona.display_name, persona.name),
             )
+            if generation.completion_tokens >= params.max_new_tokens:
+                text = trim_to_last_sentence(text)  # cut by the budget, not finished
             if text:
                 return text
             log.info("Empty reply after cleaning (attempt %d); sampling again.", attempt + 1)

@@ -74,3 +74,14 @@ def clean_model_output(
     text = _SURROGATES.sub("", text)
     text = _CONTROLS.sub("", text)
     return _MANY_BLANK_LINES.sub("\n\n", text).strip()
+
+
+_SENTENCE_END = re.compile(r"[.!?…][\"')\]]*(?=\s|$)")
+
+
+def trim_to_last_sentence(text: str) -> str:
+    """Drop a trailing fragment cut off by the token limit, if a full sentence precedes it."""
+    ends = list(_SENTENCE_END.finditer(text))
+    if not ends or ends[-1].end() == len(text.rstrip()):
+        return text
+    return text[: ends[-1].end()].rstrip()

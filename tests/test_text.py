@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from core.errors import InputError
-from core.text import clean_model_output, clean_user_text, speaker_stop_strings
+from core.text import (
+    clean_model_output,
+    clean_user_text,
+    speaker_stop_strings,
+    trim_to_last_sentence,
+)
 
 
 def test_user_text_is_normalised() -> None:
@@ -35,3 +40,10 @@ def test_model_output_stops_where_it_speaks_for_the_user() -> None:
 def test_stop_strings_cover_user_names() -> None:
     stops = speaker_stop_strings(["Alice"])
     assert "\nAlice:" in stops and "\nUser:" in stops and "<|im_start|>" in stops
+
+
+def test_trailing_fragment_is_trimmed_after_a_full_sentence() -> None:
+    assert trim_to_last_sentence("It is fine. You should go to the") == "It is fine."
+    assert trim_to_last_sentence('He said "go!" and then we') == 'He said "go!"'
+    assert trim_to_last_sentence("No sentence end here at all") == "No sentence end here at all"
+    assert trim_to_last_sentence("Complete one. Complete two!") == "Complete one. Complete two!"
