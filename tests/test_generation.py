@@ -83,7 +83,7 @@ def test_lora_adapter_is_applied(make_settings: SettingsFactory, tmp_path: Path)
             r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
         ),
     )
-    lora.save_pretrained(adapter_dir)
+    lora.save_pretrained(str(adapter_dir))
     lora.unload()
     asyncio.run(base.aclose())
 
