@@ -13,7 +13,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,7 @@ class TransformersGenerator:
 
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         from transformers import AsyncTextIteratorStreamer
 
         self._check_open()
