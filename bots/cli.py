@@ -6,17 +6,14 @@ clear message (exit code 2 for configuration, 1 otherwise) instead of a tracebac
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import sys
-from collections.abc import Coroutine
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from core.errors import ConfigError, PersonabotError
-from core.settings import Settings, load_settings
+from bots.cli_common import ConfigOption, ProfileOption, run_command, settings_or_exit
+from bots.cli_mood import register_mood_commands
+from core.settings import Settings
 
 app = typer.Typer(
     name="personabot",
@@ -29,58 +26,6 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Manage the database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML settings file (same as PERSONABOT_CONFIG)."),
-]
-ProfileOption = Annotated[
-    str | None,
-    typer.Option(
-        "--profile",
-        help="Model profile: auto, mistral-7b or smollm2-135m (PERSONABOT_MODEL_PROFILE).",
-    ),
-]
-
-
-def _settings(config: Path | None = None, **overrides: Any) -> Settings:
-    try:
-        settings = load_settings({"config": config, **overrides})
-    except ConfigError as exc:
-        typer.echo(f"personabot: {exc}", err=True)
-        raise typer.Exit(2) from None
-    _configure_logging(settings.log_level)
-    return settings
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # Library chatter drowns the chat; keep their warnings and errors only.
-    for noisy in ("httpx", "transformers", "peft", "accelerate", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> None:
-    """Run a command coroutine, turning user-fixable errors into one line and an exit code."""
-    try:
-        code = asyncio.run(coro)
-    except ConfigError as exc:
-        typer.echo(f"personabot: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except PersonabotError as exc:
-        typer.echo(f"personabot: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        code = 130
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -101,8 +46,8 @@ def chat(
     """Chat with a persona in the terminal. Pipe lines in to script it (one reply per line)."""
     from bots.terminal import stdin_is_interactive
 
-    settings = _settings(config, model_profile=profile)
-    _run(_chat(settings, persona, channel, name, json_lines, stdin_is_interactive()))
+    settings = settings_or_exit(config, model_profile=profile)
+    run_command(_chat(settings, persona, channel, name, json_lines, stdin_is_interactive()))
 
 
 async def _chat(
@@ -141,7 +86,7 @@ async def _chat(
 @app.command()
 def run(config: ConfigOption = None, profile: ProfileOption = None) -> None:
     """Start every configured frontend (Discord, Telegram), else the terminal chat."""
-    settings = _settings(config, model_profile=profile)
+    settings = settings_or_exit(config, model_profile=profile)
     from bots.runner import plan_frontends
 
     plan = plan_frontends(settings)
@@ -150,14 +95,14 @@ def run(config: ConfigOption = None, profile: ProfileOption = None) -> None:
     if plan.terminal:
         from bots.terminal import stdin_is_interactive
 
-        _run(_chat(settings, None, "local", "you", False, stdin_is_interactive()))
+        run_command(_chat(settings, None, "local", "you", False, stdin_is_interactive()))
     raise typer.Exit(1)
 
 
 @app.command()
 def personas(config: ConfigOption = None) -> None:
     """List the personas: built-in, from the persona folder, and user-made."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
 
     async def _list() -> int:
         from core.personas import PersonaCatalog, load_builtin_personas, load_persona_dir
@@ -170,13 +115,13 @@ def personas(config: ConfigOption = None) -> None:
             typer.echo(f"{persona.name:<10} {persona.display_name}{default}: {persona.description}")
         return 0
 
-    _run(_list())
+    run_command(_list())
 
 
 @app.command("config")
 def show_config(config: ConfigOption = None) -> None:
     """Print the effective settings (tokens masked) and where data lives."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     for key, value in settings.model_dump().items():
         typer.echo(f"{key} = {value!s}")
     typer.echo(f"# database: {settings.resolved_database_url}")
@@ -190,8 +135,8 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply migrations up to REVISION (default: the latest)."""
-    settings = _settings(config)
-    _run(_migrate(settings, "upgrade", revision))
+    settings = settings_or_exit(config)
+    run_command(_migrate(settings, "upgrade", revision))
 
 
 @db_app.command("downgrade")
@@ -200,15 +145,15 @@ def db_downgrade(
     config: ConfigOption = None,
 ) -> None:
     """Revert migrations down to REVISION."""
-    settings = _settings(config)
-    _run(_migrate(settings, "downgrade", revision))
+    settings = settings_or_exit(config)
+    run_command(_migrate(settings, "downgrade", revision))
 
 
 @db_app.command("current")
 def db_current(config: ConfigOption = None) -> None:
     """Show the database's revision and the latest one this code knows."""
-    settings = _settings(config)
-    _run(_migrate(settings, "current", ""))
+    settings = settings_or_exit(config)
+    run_command(_migrate(settings, "current", ""))
 
 
 async def _migrate(settings: Settings, action: str, revision: str) -> int:
@@ -230,6 +175,9 @@ async def _migrate(settings: Settings, action: str, revision: str) -> int:
         await engine.dispose()
     typer.echo(f"database revision: {current or 'base (empty)'}; latest: {migrate.head_revision()}")
     return 0
+
+
+register_mood_commands(app)
 
 
 def main() -> None:

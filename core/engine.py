@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from core.errors import GenerationError, InputError
 from core.generation.base import Generator
+from core.generation.profiles import prompt_budget
 from core.mood import MoodDetector
 from core.ordering import TurnQueue
 from core.personas import Persona, PersonaCatalog
@@ -60,7 +61,7 @@ class Engine:
         self._personas = personas
         self._mood = mood_detector
         self._generator = generator
-        budget = min(settings.max_prompt_tokens, generator.context_window)
+        budget = min(prompt_budget(settings), generator.context_window)
         self._prompts = PromptBuilder(generator.count_tokens, budget)
         self._arrivals = TurnQueue()
         self._turns = TurnQueue()

@@ -101,10 +101,12 @@ class Settings(BaseSettings):
     history_messages: int = Field(
         default=200, ge=0, le=10_000, description="Most stored messages considered per reply."
     )
-    max_prompt_tokens: int = Field(
-        default=2048,
+    max_prompt_tokens: int | None = Field(
+        default=None,
         ge=256,
-        description="Prompt budget in tokens; capped by the model's context window.",
+        description="Prompt budget in tokens (persona + mood + history), capped by the "
+        "model's context window. Default: the profile's (1024 for smollm2-135m, whose CPU "
+        "latency grows with the prompt; 4096 for mistral-7b).",
     )
     seed: int | None = Field(default=None, description="Fix sampling for reproducible replies.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

