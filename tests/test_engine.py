@@ -64,7 +64,7 @@ async def test_unknown_persona_lists_valid_names(engine: Engine) -> None:
 
 async def test_mood_is_detected_and_stored_per_message(engine: Engine) -> None:
     happy = await engine.reply(conv(), ALICE, "I'm so happy today, this is wonderful!")
-    sad = await engine.reply(conv(), ALICE, "My dog died yesterday and I feel so lonely.")
+    sad = await engine.reply(conv(), ALICE, "I am so sad, my grandmother passed away.")
     assert happy.mood.mood is Mood.HAPPINESS
     assert sad.mood.mood is Mood.SADNESS
     users = [m for m in await engine.history(conv()) if m.role == "user"]
