@@ -1,10 +1,27 @@
-"""Deciding which frontends ``personabot run`` starts, and telling the user why."""
+"""Deciding which frontends ``personabot run`` starts, telling the user why, running them.
+
+All platform frontends share one engine (one model in memory, one database) on one event
+loop, and stop together: on SIGINT/SIGTERM, or when any of them fails.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from core.settings import Settings
+
+if TYPE_CHECKING:  # the engine pulls in storage and models; planning needs neither
+    from core.engine import Engine
+
+    #: A frontend serves until the event is set; ``announce`` tells the operator it is online.
+    FrontendRunner = Callable[
+        [Engine, Settings, asyncio.Event, Callable[[str], None]], Coroutine[Any, Any, None]
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +46,7 @@ PLATFORM_FRONTENDS: dict[str, tuple[str, str]] = {
     "Discord": ("discord_token", "DISCORD_TOKEN"),
     "Telegram": ("telegram_token", "TELEGRAM_TOKEN"),
 }
-AVAILABLE_PLATFORMS: frozenset[str] = frozenset()
+AVAILABLE_PLATFORMS: frozenset[str] = frozenset({"Telegram"})
 
 
 def plan_frontends(settings: Settings) -> FrontendPlan:
@@ -48,3 +65,66 @@ def plan_frontends(settings: Settings) -> FrontendPlan:
         plan.started.append("terminal")
         plan.skipped.pop("terminal", None)
     return plan
+
+
+def frontend_runner(name: str) -> FrontendRunner:
+    """Import a frontend only when it starts, so the terminal chat never loads platform SDKs."""
+    if name == "Telegram":
+        from bots.telegram import run_telegram
+
+        return run_telegram
+    raise ValueError(f"no runnable frontend named {name!r}")
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop`` for a graceful shutdown; a second one acts as usual.
+
+    The handlers remove themselves on the first signal, so an impatient second Ctrl-C
+    interrupts a shutdown that waits on a slow reply.
+    """
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+
+    def on_signal() -> None:
+        stop.set()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - e.g. Windows
+            continue
+        installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def serve(
+    engine: Engine,
+    settings: Settings,
+    names: list[str],
+    announce: Callable[[str], None],
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run the named frontends until a stop signal, or until one of them ends or fails.
+
+    Returns the exit code; a frontend's error is re-raised after the others have stopped.
+    """
+    stop = stop or asyncio.Event()
+    with stop_on_signals(stop):
+        tasks = [
+            asyncio.create_task(frontend_runner(name)(engine, settings, stop, announce), name=name)
+            for name in names
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()  # one ended, by signal or failure: stop the others too
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return 0

@@ -1,0 +1,91 @@
+"""Getting a reply of any length and content into a Telegram chat.
+
+Every outgoing text goes through :func:`send_text`: split to Telegram's 4,096-unit limit on
+natural boundaries, rendered as HTML that Telegram can parse, resent as plain text if
+Telegram's parser disagrees anyway, and retried briefly on network errors and 5xx answers.
+Flood control (429 with ``retry_after``) is the rate limiter's job, below this layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
+from telegram.constants import MessageLimit, ParseMode
+from telegram.error import BadRequest, NetworkError
+
+from bots.telegram.formatting import to_html, utf16_len
+from core.chunking import split_message
+
+__all__ = ["NETWORK_RETRIES", "send_text"]
+
+log = logging.getLogger(__name__)
+
+#: Extra attempts after a network error or a 5xx; a short outage should not eat a reply that
+#: took the model seconds to write, and a long one should not hold the handler forever.
+NETWORK_RETRIES = 2
+_BACKOFF_SECONDS = 0.5
+
+
+async def send_text(
+    bot: Bot,
+    chat_id: int,
+    text: str,
+    *,
+    thread_id: int | None = None,
+    reply_to: int | None = None,
+    reply_markup: InlineKeyboardMarkup | None = None,
+) -> list[Message]:
+    """Send ``text`` as one or more messages, in order; returns what Telegram sent.
+
+    The first message quotes ``reply_to`` (if given); the keyboard goes on the last one, so
+    it sits under the whole answer. Raises Telegram's errors once retries are exhausted.
+    """
+    chunks = split_message(text, MessageLimit.MAX_TEXT_LENGTH, length=utf16_len)
+    sent: list[Message] = []
+    for index, chunk in enumerate(chunks):
+        quote = reply_to if index == 0 else None
+        markup = reply_markup if index == len(chunks) - 1 else None
+        sent.append(await _send_chunk(bot, chat_id, chunk, thread_id, quote, markup))
+    return sent
+
+
+async def _send_chunk(
+    bot: Bot,
+    chat_id: int,
+    chunk: str,
+    thread_id: int | None,
+    reply_to: int | None,
+    markup: InlineKeyboardMarkup | None,
+) -> Message:
+    text = to_html(chunk)
+    parse_mode: ParseMode | None = ParseMode.HTML
+    reply = (
+        ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
+        if reply_to is not None
+        else None
+    )
+    attempt = 0
+    while True:
+        try:
+            return await bot.send_message(
+                chat_id,
+                text,
+                parse_mode=parse_mode,
+                message_thread_id=thread_id,
+                reply_parameters=reply,
+                reply_markup=markup,
+            )
+        except BadRequest as exc:  # a subclass of NetworkError: never worth a blind retry
+            if parse_mode is None or "parse entities" not in exc.message.lower():
+                raise
+            log.warning("Telegram could not parse our HTML (%s); sending plain text.", exc)
+            text, parse_mode = chunk, None
+        except NetworkError as exc:
+            if attempt >= NETWORK_RETRIES:
+                raise
+            attempt += 1
+            delay = _BACKOFF_SECONDS * 2 ** (attempt - 1)
+            log.warning("Sending to chat %s failed (%s); retrying in %.1f s.", chat_id, exc, delay)
+            await asyncio.sleep(delay)

@@ -1,0 +1,80 @@
+"""Per-user cooldowns: one person cannot keep the model busy for everyone else.
+
+Generation is the expensive, shared resource (one model, often one CPU or GPU), so a
+frontend asks :class:`Cooldown` before handing a message to the engine. A refused message
+is not answered; the frontend tells the user once per cooldown rather than once per
+message, because answering every refused message would itself be the flood.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Cooldown", "CooldownCheck"]
+
+
+@dataclass(frozen=True, slots=True)
+class CooldownCheck:
+    """The answer for one message.
+
+    ``retry_after`` is how many seconds remain (0 when allowed); ``notify`` is true for the
+    first refusal since the user's last accepted message, so they hear about it only once.
+    """
+
+    allowed: bool
+    retry_after: float = 0.0
+    notify: bool = False
+
+
+class Cooldown:
+    """At most one accepted message per key every ``seconds``; ``seconds == 0`` disables it.
+
+    State is in memory: a restart forgets cooldowns, which only errs on the generous side.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 10_000,
+    ) -> None:
+        if seconds < 0:
+            raise ValueError(f"cooldown seconds must be >= 0, got {seconds}")
+        self._seconds = seconds
+        self._clock = clock
+        self._max_keys = max_keys
+        self._last: dict[str, float] = {}
+        self._notified: set[str] = set()
+
+    @property
+    def seconds(self) -> float:
+        return self._seconds
+
+    def check(self, key: str) -> CooldownCheck:
+        """Accept (and start the key's cooldown) or refuse, saying for how long."""
+        if self._seconds == 0:
+            return CooldownCheck(allowed=True)
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._seconds:
+            notify = key not in self._notified
+            self._notified.add(key)
+            return CooldownCheck(False, self._seconds - (now - last), notify)
+        self._last[key] = now
+        self._notified.discard(key)
+        if len(self._last) > self._max_keys:
+            self._forget_expired(now)
+        return CooldownCheck(allowed=True)
+
+    def _forget_expired(self, now: float) -> None:
+        """Keep memory bounded by the number of recently active users, not all users ever."""
+        expired = [k for k, t in self._last.items() if now - t >= self._seconds]
+        for key in expired:
+            del self._last[key]
+            self._notified.discard(key)
+
+    def __len__(self) -> int:
+        return len(self._last)

@@ -1,0 +1,53 @@
+"""Per-user cooldowns (core/cooldown.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.cooldown import Cooldown, CooldownCheck
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_one_message_per_key_per_period_and_one_notice_per_refusal_streak() -> None:
+    clock = Clock()
+    cooldown = Cooldown(5.0, clock=clock)
+    assert cooldown.check("alice") == CooldownCheck(allowed=True)
+    clock.now += 1
+    assert cooldown.check("alice") == CooldownCheck(False, 4.0, notify=True)
+    clock.now += 1
+    assert cooldown.check("alice") == CooldownCheck(False, 3.0, notify=False)
+    assert cooldown.check("bob").allowed  # keys are independent
+    clock.now += 3
+    assert cooldown.check("alice").allowed  # refused messages do not extend the wait
+    clock.now += 1
+    assert cooldown.check("alice").notify  # a new streak is announced again
+
+
+def test_zero_seconds_disables_it() -> None:
+    cooldown = Cooldown(0)
+    assert all(cooldown.check("alice").allowed for _ in range(10))
+    assert len(cooldown) == 0
+
+
+def test_memory_is_bounded_by_recently_active_keys() -> None:
+    clock = Clock()
+    cooldown = Cooldown(1.0, clock=clock, max_keys=10)
+    for i in range(10):
+        cooldown.check(f"user{i}")
+    clock.now += 2
+    cooldown.check("late")
+    assert len(cooldown) == 1
+
+
+def test_negative_seconds_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Cooldown(-1)

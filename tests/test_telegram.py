@@ -1,0 +1,608 @@
+"""The Telegram frontend end to end: the real python-telegram-bot client, the real engine
+with the offline model, and a fake Bot API server on 127.0.0.1 (tests/fake_telegram.py).
+
+Generation is kept short (``/length short``) so the file runs in well under two minutes on
+a small CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bots.runner import plan_frontends
+from bots.telegram import build_application, run_telegram
+from bots.telegram.handlers import COMMANDS
+from bots.telegram.sending import send_text
+from core.bootstrap import build_engine
+from core.engine import Engine
+from core.errors import ConfigError
+from core.generation.transformers_backend import TransformersGenerator
+from core.settings import load_settings
+from core.types import ConversationRef
+from tests.conftest import REPO, SettingsFactory, SharedGenerator
+from tests.fake_telegram import BOT_USERNAME, TOKEN, FakeBotAPI
+
+JSON = dict[str, Any]
+
+ALICE = FakeBotAPI.user(501, "Alice", "Liddell")
+BOB = FakeBotAPI.user(502, "Bob")
+GROUP_ID = -1001234
+
+
+@dataclass
+class RunningBot:
+    engine: Engine
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+StartBot = Callable[..., Awaitable[RunningBot]]
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeBotAPI]:
+    server = FakeBotAPI()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def start_bot(
+    api: FakeBotAPI,
+    make_settings: SettingsFactory,
+    offline_generator: TransformersGenerator,
+) -> AsyncIterator[StartBot]:
+    """Starts the frontend exactly as ``personabot run`` does, against the fake server."""
+    running: list[RunningBot] = []
+
+    async def start(generator: Any = None, **overrides: Any) -> RunningBot:
+        values: dict[str, Any] = {
+            "telegram_token": TOKEN,
+            "telegram_api_url": api.api_url,
+            "user_cooldown_seconds": 0,
+        }
+        values.update(overrides)
+        settings = make_settings(**values)
+        engine = await build_engine(
+            settings, generator=generator or SharedGenerator(offline_generator)
+        )
+        stop, online = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(
+            run_telegram(engine, settings, stop, announce=lambda _: online.set())
+        )
+        running.append(RunningBot(engine, stop, task))
+        ready = asyncio.create_task(online.wait())
+        await asyncio.wait([task, ready], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if task.done():  # start-up failed: raise its error here
+            running.pop()
+            await engine.aclose()
+            task.result()
+        assert online.is_set()
+        return running[-1]
+
+    yield start
+    for bot in running:
+        bot.stop.set()
+        await asyncio.wait_for(bot.task, 30)  # a graceful stop finishes quickly
+        await bot.engine.aclose()
+
+
+def private(user: JSON) -> JSON:
+    return FakeBotAPI.private_chat(user)
+
+
+def conversation(chat_id: int, thread: int | None = None) -> ConversationRef:
+    return ConversationRef("telegram", f"{chat_id}" if thread is None else f"{chat_id}:{thread}")
+
+
+class LogWatch(logging.Handler):
+    """What the frontend logged, for effects the fake server cannot see."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        self._changed.set()
+
+    def count(self, text: str) -> int:
+        return sum(text.lower() in line.lower() for line in self.lines)
+
+    async def until(self, text: str, times: int = 1, within: float = 30.0) -> None:
+        async with asyncio.timeout(within):
+            while self.count(text) < times:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@pytest.fixture
+def frontend_log() -> Iterator[LogWatch]:
+    watch = LogWatch()
+    logger = logging.getLogger("bots.telegram")
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(watch)
+    yield watch
+    logger.removeHandler(watch)
+    logger.setLevel(previous)
+
+
+async def answers(api: FakeBotAPI, chat_id: int, count: int) -> list[JSON]:
+    """The first ``count`` messages the bot sent to ``chat_id``, once they exist."""
+    await api.wait_for(lambda: len(api.sent_to(chat_id)) >= count)
+    return api.sent_to(chat_id)[:count]
+
+
+def words(text: str) -> list[str]:
+    """Text as a reader sees it: Markdown markers and spacing do not matter."""
+    return text.replace("**", "").replace("`", "").split()
+
+
+async def test_startup_registers_commands_and_polls_with_offsets(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    await start_bot()
+    await api.wait_for(lambda: api.calls_to("getUpdates"))
+    assert [c.method for c in api.calls[:1]] == ["getMe"]
+    (registered,) = api.calls_to("setMyCommands")
+    assert [c["command"] for c in registered.params["commands"]] == [
+        "start",
+        "help",
+        "persona",
+        "personas",
+        "reset",
+        "mood",
+        "length",
+    ]
+    assert api.calls_to("deleteWebhook")  # polling starts by making sure no webhook is set
+    poll = api.calls_to("getUpdates")[0].params
+    assert poll["allowed_updates"] == ["message", "callback_query"] and poll["timeout"] == 30
+
+    first = api.push_update({"message": _message(private(ALICE), ALICE, "/help")})
+    await api.wait_until_polled_past(first)
+    second = api.send(private(ALICE), ALICE, "/start")
+    (help_text, start_text) = await answers(api, ALICE["id"], 2)
+    for command, _ in COMMANDS:
+        assert f"/{command}" in help_text["text"]
+    assert start_text["text"].startswith("Hi! I'm Friend")
+    offsets = [int(c.params.get("offset", 0)) for c in api.calls_to("getUpdates")]
+    assert offsets == sorted(offsets)  # confirmed updates are never fetched again
+    await api.wait_until_polled_past(second)
+
+
+async def test_private_message_gets_a_reply_and_the_cooldown_holds_a_second(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot(user_cooldown_seconds=60)).engine
+    chat = private(ALICE)
+    api.send(chat, ALICE, "/length short")
+    await answers(api, ALICE["id"], 1)
+    api.send(chat, ALICE, "Hi! I just adopted a puppy called Biscuit.")
+    api.send(chat, ALICE, "Are you there?")
+    sent = await answers(api, ALICE["id"], 3)
+
+    notice = [m for m in sent if "so I skipped that message" in m["text"]]
+    replies = [m for m in sent[1:] if m not in notice]
+    assert len(notice) == 1 and len(replies) == 1
+    reply = replies[0]
+    assert "reply_to_message" not in reply  # private chats need no quoting
+    methods = [(c.method, c.params.get("text")) for c in api.calls]
+    typing = methods.index(("sendChatAction", None))
+    assert api.calls[typing].params["action"] == "typing"
+    assert typing < methods.index(("sendMessage", reply["raw_text"]))
+
+    history = await engine.history(conversation(ALICE["id"]))
+    assert [m.role for m in history] == ["user", "assistant"]  # the held message is not stored
+    assert history[0].text == "Hi! I just adopted a puppy called Biscuit."
+    assert (history[0].author_id, history[0].author_name) == ("501", "Alice Liddell")
+    assert words(history[1].text) == words(reply["text"])
+
+
+async def test_stopping_delivers_the_reply_being_written_first(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    bot = await start_bot()
+    chat = private(BOB)
+    api.send(chat, BOB, "/length short")
+    await answers(api, BOB["id"], 1)
+    api.send(chat, BOB, "Tell me something nice about mornings.")
+    await api.wait_for(lambda: api.calls_to("sendChatAction"))  # the model is writing
+    bot.stop.set()  # what SIGTERM does
+    await asyncio.wait_for(bot.task, 60)
+    reply = api.sent_to(BOB["id"])[1]
+    history = await bot.engine.history(conversation(BOB["id"]))
+    assert [m.role for m in history] == ["user", "assistant"]
+    assert words(history[1].text) == words(reply["text"])
+
+
+async def test_persona_keyboard_tap_switches_and_the_next_reply_uses_it(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot()).engine
+    chat = private(ALICE)
+    api.send(chat, ALICE, "/length short")
+    api.send(chat, ALICE, "/persona")
+    sent = await answers(api, ALICE["id"], 2)
+    keyboard_message = next(m for m in sent if "reply_markup" in m)
+    assert keyboard_message["text"].startswith("Current persona: Friend (friend)")
+    buttons = [b for row in keyboard_message["reply_markup"]["inline_keyboard"] for b in row]
+    assert {b["callback_data"] for b in buttons} == {f"persona:{p.name}" for p in engine.personas()}
+
+    query_id = api.tap(ALICE, keyboard_message, "persona:pirate")
+    await api.wait_for(lambda: api.calls_to("answerCallbackQuery"))
+    await api.wait_for(lambda: api.calls_to("editMessageText"))
+    (answered,) = api.calls_to("answerCallbackQuery")
+    assert answered.params["callback_query_id"] == query_id
+    assert answered.params["text"] == "Persona set to Pirate."
+    (edit,) = api.calls_to("editMessageText")
+    assert edit.params["message_id"] == keyboard_message["message_id"]
+    assert edit.params["text"] == "Persona set to Pirate (pirate)."
+    assert (await engine.persona(conversation(ALICE["id"]))).name == "pirate"
+
+    api.send(chat, ALICE, "Where is the treasure buried?")
+    reply = (await answers(api, ALICE["id"], 3))[2]
+    history = await engine.history(conversation(ALICE["id"]))
+    assert history[-1].role == "assistant" and history[-1].persona == "pirate"
+    assert history[-2].persona == "pirate"
+    assert words(history[-1].text) == words(reply["text"])
+
+
+async def test_group_answers_mentions_and_replies_only_and_admins_reset(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot()).engine  # telegram_admin_only defaults to true
+    group = FakeBotAPI.group_chat(GROUP_ID)
+    api.members[(GROUP_ID, ALICE["id"])] = "administrator"
+    here = conversation(GROUP_ID)
+
+    api.send(group, ALICE, f"/length@{BOT_USERNAME} short")  # the /cmd@BotName form
+    await answers(api, GROUP_ID, 1)
+    ignored = api.send(group, BOB, "Hello everyone, nice weather today.")
+    await api.wait_until_polled_past(ignored)
+    mention = api.send(group, BOB, f"@{BOT_USERNAME} what do you think about rain?")
+    first_reply = (await answers(api, GROUP_ID, 2))[1]
+    assert first_reply["reply_to_message"]["message_id"] == mention["message_id"]
+    follow_up = api.send(group, ALICE, "Why do you say that?", reply_to=first_reply)
+    second_reply = (await answers(api, GROUP_ID, 3))[2]
+    assert second_reply["reply_to_message"]["message_id"] == follow_up["message_id"]
+
+    history = await engine.history(here)
+    assert [(m.role, m.author_name) for m in history] == [
+        ("user", "Bob"),
+        ("assistant", "Friend"),
+        ("user", "Alice Liddell"),
+        ("assistant", "Friend"),
+    ]
+    assert history[0].text == "what do you think about rain?"  # the mention is not the message
+    assert all("weather" not in m.text for m in history)
+
+    api.send(group, BOB, "/reset")
+    api.send(group, BOB, "/persona bard")
+    refusals = (await answers(api, GROUP_ID, 5))[3:]
+    assert {m["text"] for m in refusals} == {
+        "Only chat admins can reset this chat.",
+        "Only chat admins can change the persona.",
+    }
+    assert len(await engine.history(here)) == 4
+    api.send(group, ALICE, f"/reset@{BOT_USERNAME}")
+    assert (await answers(api, GROUP_ID, 6))[5][
+        "text"
+    ] == "Conversation reset (4 messages forgotten)."
+    assert await engine.history(here) == []
+    api.send(group, ALICE, "/persona bard")
+    assert (await answers(api, GROUP_ID, 7))[6]["text"] == "Persona set to Bard (bard)."
+
+    # A forum topic is a conversation of its own, answered in its thread.
+    forum = FakeBotAPI.group_chat(GROUP_ID, forum=True)
+    api.send(forum, ALICE, f"/persona@{BOT_USERNAME} pirate", thread_id=77)
+    topic_answer = (await answers(api, GROUP_ID, 8))[7]
+    assert topic_answer["message_thread_id"] == 77
+    assert (await engine.persona(conversation(GROUP_ID, 77))).name == "pirate"
+    assert (await engine.persona(here)).name == "bard"
+    # Commands for another bot, and unknown bare commands in groups, are not ours to answer.
+    api.send(group, ALICE, "/persona@SomeOtherBot mentor")
+    last = api.send(group, ALICE, "/weather")
+    await api.wait_until_polled_past(last)
+    await asyncio.sleep(0.2)
+    assert len(api.sent_to(GROUP_ID)) == 8
+    assert (await engine.persona(here)).name == "bard"
+
+
+async def test_a_429_with_retry_after_is_honoured(start_bot: StartBot, api: FakeBotAPI) -> None:
+    await start_bot()
+    api.fail_next("sendMessage", 429, retry_after=1)
+    api.send(private(BOB), BOB, "/personas")
+    (listing,) = await answers(api, BOB["id"], 1)
+    assert "pirate (Pirate)" in listing["text"]
+    refused, delivered = api.calls_to("sendMessage")
+    assert (refused.status, delivered.status) == (429, 200)
+    assert delivered.at - refused.at >= 1.0
+
+
+async def test_errors_are_logged_and_the_poller_carries_on(
+    start_bot: StartBot,
+    api: FakeBotAPI,
+    offline_generator: TransformersGenerator,
+    frontend_log: LogWatch,
+) -> None:
+    # A generator of its own (sharing the session's weights) so that it can be broken later.
+    generator = TransformersGenerator(
+        offline_generator._model,
+        offline_generator._tokenizer,
+        offline_generator._spec,
+        offline_generator._system_role,
+    )
+    engine = (await start_bot(generator=generator, max_message_chars=200)).engine
+    chat = private(ALICE)
+    here = conversation(ALICE["id"])
+
+    api.fail_next("getUpdates", 500)  # the Bot API hiccups between two polls
+    api.fail_next("sendMessage", 403, "Forbidden: bot was blocked by the user")
+    api.send(chat, ALICE, "/length short")
+    await frontend_log.until("not delivered")
+    assert api.sent_to(ALICE["id"]) == []
+
+    # Blocked while the model writes: the reply is stored anyway.
+    api.fail_next("sendMessage", 403, "Forbidden: bot was blocked by the user")
+    api.send(chat, ALICE, "Remember that my cat is called Pixel.")
+    await frontend_log.until("not delivered", times=2)
+    assert [m.role for m in await engine.history(here)] == ["user", "assistant"]
+
+    api.fail_next("sendMessage", 400, "Bad Request: chat not found")
+    api.send(chat, ALICE, "/help")
+    await frontend_log.until("chat not found")
+
+    api.fail_next("sendMessage", 500)  # a 5xx is retried
+    api.send(chat, ALICE, "/mood")
+    (mood,) = await answers(api, ALICE["id"], 1)
+    assert mood["text"].startswith("Mood of your last message:")
+    assert [c.status for c in api.calls_to("sendMessage")][-2:] == [500, 200]
+    assert api.calls_to("getUpdates", ok=False)  # the failed poll happened, and polling went on
+    assert frontend_log.count("Fetching Telegram updates failed (Internal Server Error)") == 1
+
+    # Messages the engine refuses, and a failed generation, are answered with the reason.
+    api.send(chat, ALICE, "x" * 300)
+    (too_long,) = (await answers(api, ALICE["id"], 2))[1:]
+    assert "300" in too_long["text"] and "200" in too_long["text"]
+    await generator.aclose()
+    api.send(chat, ALICE, "Are you still there?")
+    (failed,) = (await answers(api, ALICE["id"], 3))[2:]
+    assert "shut down" in failed["text"]
+    history = await engine.history(here)
+    assert history[-1].text == "Are you still there?" and history[-1].role == "user"
+
+    api.send(chat, ALICE, "/personas")
+    assert "friend" in (await answers(api, ALICE["id"], 4))[3]["text"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_webhook_mode_checks_the_secret_and_answers(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    port = _free_port()
+    await start_bot(
+        telegram_webhook_url="https://bot.example.invalid/tg/hook",
+        telegram_webhook_listen="127.0.0.1",
+        telegram_webhook_port=port,
+        telegram_webhook_secret="s3cret-Token_1",
+    )
+    (registered,) = api.calls_to("setWebhook")
+    assert registered.params["url"] == "https://bot.example.invalid/tg/hook"
+    assert registered.params["secret_token"] == "s3cret-Token_1"
+    update = {"update_id": 1, "message": _message(private(BOB), BOB, "/help")}
+    async with httpx.AsyncClient() as client:
+        hook = f"http://127.0.0.1:{port}/tg/hook"
+        wrong = await client.post(
+            hook, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "guess"}
+        )
+        assert wrong.status_code == 403
+        right = await client.post(
+            hook, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret-Token_1"}
+        )
+        assert right.status_code == 200
+    (answer,) = await answers(api, BOB["id"], 1)
+    assert answer["text"].startswith("Commands:")
+    assert not api.calls_to("getUpdates")
+
+
+async def test_a_webhook_port_in_use_is_a_clear_configuration_error(start_bot: StartBot) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError, match="PERSONABOT_TELEGRAM_WEBHOOK_PORT"):
+            await start_bot(
+                telegram_webhook_url="https://bot.example.invalid/hook",
+                telegram_webhook_listen="127.0.0.1",
+                telegram_webhook_port=taken.getsockname()[1],
+            )
+
+
+async def test_a_rejected_token_is_a_clear_configuration_error(
+    api: FakeBotAPI, make_settings: SettingsFactory, offline_generator: TransformersGenerator
+) -> None:
+    settings = make_settings(telegram_token="1:wrong", telegram_api_url=api.api_url)
+    engine = await build_engine(settings, generator=SharedGenerator(offline_generator))
+    try:
+        with pytest.raises(ConfigError, match="Telegram rejected TELEGRAM_TOKEN"):
+            await run_telegram(engine, settings, asyncio.Event())
+    finally:
+        await engine.aclose()
+
+
+# -- the sending path the handlers use, with texts the small model will not write on cue -------
+
+
+@pytest.fixture
+async def bot(
+    api: FakeBotAPI, make_settings: SettingsFactory, offline_generator: TransformersGenerator
+) -> AsyncIterator[Any]:
+    """The frontend's own configured PTB bot (rate limiter included), initialised."""
+    settings = make_settings(telegram_token=TOKEN, telegram_api_url=api.api_url)
+    engine = await build_engine(settings, generator=SharedGenerator(offline_generator))
+    application = build_application(engine, settings)
+    async with application:
+        yield application.bot
+    await engine.aclose()
+
+
+async def test_a_5000_character_reply_arrives_as_two_messages(bot: Any, api: FakeBotAPI) -> None:
+    sentences = [f"This is sentence number {i} of a very long reply." for i in range(200)]
+    text = " ".join(sentences)[:5000].rsplit(" ", 1)[0] + "."
+    assert 4900 < len(text) <= 5000
+    await send_text(bot, ALICE["id"], text)
+    first, second = api.sent_to(ALICE["id"])
+    assert len(first["text"]) <= 4096 and first["text"].endswith("reply.")
+    assert second["text"].startswith("This is sentence number")
+    assert f"{first['text']} {second['text']}" == text
+
+
+async def test_the_limit_is_counted_in_utf16_like_telegram(bot: Any, api: FakeBotAPI) -> None:
+    text = " ".join(["😀🎉✨"] * 1000)  # 3,999 characters but 5,999 UTF-16 units
+    await send_text(bot, ALICE["id"], text)
+    assert len(api.sent_to(ALICE["id"])) == 2  # one message would be refused as too long
+    assert all(c.status == 200 for c in api.calls_to("sendMessage"))
+
+
+MARKUP_HEAVY = (
+    "Use *args and **kwargs** in snake_case_names; see [the docs](http://x) [1] or _this_.\n"
+    "Math: 2*3 < 7 & 5 > 4, a_b_c, ~~strike~~ | #tag {x} `code_here` and ``odd ` ticks!\n"
+    "```python\n"
+    "def f(*a, **k):  # <tag> & stuff\n"
+    "    return a[0]\n"
+    "```\n"
+    "Unclosed **bold and a lone ` backtick and [bracket and *star."
+)
+MARKUP_HEAVY_AS_READ = (
+    "Use *args and kwargs in snake_case_names; see [the docs](http://x) [1] or _this_.\n"
+    "Math: 2*3 < 7 & 5 > 4, a_b_c, ~~strike~~ | #tag {x} code_here and ``odd ` ticks!\n"
+    "def f(*a, **k):  # <tag> & stuff\n"
+    "    return a[0]\n"
+    "Unclosed **bold and a lone ` backtick and [bracket and *star."
+)
+
+
+async def test_model_output_full_of_markup_characters_is_delivered(
+    bot: Any, api: FakeBotAPI
+) -> None:
+    await send_text(bot, ALICE["id"], MARKUP_HEAVY)
+    (message,) = api.sent_to(ALICE["id"])
+    assert message["parse_mode"] == "HTML"
+    assert message["text"] == MARKUP_HEAVY_AS_READ
+    kinds = {
+        (e["type"], message["text"][e["offset"] : e["offset"] + e["length"]])
+        for e in message["entities"]
+    }
+    assert ("bold", "kwargs") in kinds and ("code", "code_here") in kinds
+    assert ("pre", "def f(*a, **k):  # <tag> & stuff\n    return a[0]") in kinds
+
+
+async def test_plain_text_is_the_fallback_if_telegram_cannot_parse(
+    bot: Any, api: FakeBotAPI
+) -> None:
+    api.fail_next("sendMessage", 400, "Bad Request: can't parse entities: something new")
+    await send_text(bot, ALICE["id"], MARKUP_HEAVY)
+    (message,) = api.sent_to(ALICE["id"])
+    assert message["parse_mode"] is None and message["text"] == MARKUP_HEAVY
+
+
+# -- configuration and the command line ----------------------------------------------------------
+
+
+def test_telegram_settings_come_from_their_documented_variables() -> None:
+    settings = load_settings(
+        env={
+            "TELEGRAM_TOKEN": "1:abc",
+            "PERSONABOT_TELEGRAM_API_URL": "http://127.0.0.1:8081/bot",
+            "PERSONABOT_TELEGRAM_WEBHOOK_URL": "https://bot.example.com/telegram",
+            "PERSONABOT_TELEGRAM_WEBHOOK_PORT": "8444",
+            "PERSONABOT_TELEGRAM_WEBHOOK_SECRET": "abc_DEF-123",
+            "PERSONABOT_TELEGRAM_ADMIN_ONLY": "false",
+            "PERSONABOT_USER_COOLDOWN_SECONDS": "0.5",
+        }
+    )
+    assert settings.telegram_api_url == "http://127.0.0.1:8081/bot"
+    assert settings.telegram_webhook_port == 8444 and settings.telegram_admin_only is False
+    assert settings.user_cooldown_seconds == 0.5
+    assert plan_frontends(settings).started == ["Telegram"]
+
+
+def test_a_bad_webhook_secret_is_reported_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"PERSONABOT_TELEGRAM_WEBHOOK_SECRET": "has spaces!"})
+    assert "PERSONABOT_TELEGRAM_WEBHOOK_SECRET" in str(caught.value)
+    assert "has spaces" not in str(caught.value)
+
+
+async def test_personabot_run_serves_telegram_until_sigterm(
+    api: FakeBotAPI, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PERSONABOT_") and k not in ("DISCORD_TOKEN", "TELEGRAM_TOKEN")
+    }
+    env.update(
+        TELEGRAM_TOKEN=TOKEN,
+        PERSONABOT_TELEGRAM_API_URL=api.api_url,
+        PERSONABOT_DATA_DIR=str(tmp_path / "data"),
+        PERSONABOT_CACHE_DIR=str(model_cache_dir),
+        PERSONABOT_MODEL_PROFILE="smollm2-135m",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bots",
+        "run",
+        cwd=REPO,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await api.wait_for(lambda: api.calls_to("getUpdates"), within=120)
+        api.send(private(BOB), BOB, "/start")
+        (hello,) = await answers(api, BOB["id"], 1)
+        assert hello["text"].startswith("Hi! I'm Friend")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    log = stderr.decode()
+    assert process.returncode == 0, log
+    assert "Starting Telegram." in log and "Starting terminal." not in log
+    assert f"Telegram: online as @{BOT_USERNAME} (long polling)." in log
+    assert "Traceback" not in log
+
+
+def _message(chat: JSON, user: JSON, text: str) -> JSON:
+    """A message built by hand, for updates delivered outside the fake's own ``send``."""
+    message: JSON = {"message_id": 1, "date": 0, "chat": chat, "from": user, "text": text}
+    if text.startswith("/"):
+        command = text.split()[0]
+        message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+    return message
