@@ -13,6 +13,7 @@ import typer
 
 from bots.cli_common import ConfigOption, ProfileOption, run_command, settings_or_exit
 from bots.cli_mood import register_mood_commands
+from bots.cli_training import register_training_commands
 from core.settings import Settings
 
 app = typer.Typer(
@@ -96,7 +97,20 @@ def run(config: ConfigOption = None, profile: ProfileOption = None) -> None:
         from bots.terminal import stdin_is_interactive
 
         run_command(_chat(settings, None, "local", "you", False, stdin_is_interactive()))
-    raise typer.Exit(1)
+    run_command(_serve(settings, plan.started))
+
+
+async def _serve(settings: Settings, names: list[str]) -> int:
+    """Build the engine once and share it between every platform frontend."""
+    from bots.runner import serve
+    from core.bootstrap import build_engine
+
+    typer.echo("Loading the model…", err=True)
+    engine = await build_engine(settings)
+    try:
+        return await serve(engine, settings, names, lambda line: typer.echo(line, err=True))
+    finally:
+        await engine.aclose()
 
 
 @app.command()
@@ -178,6 +192,7 @@ async def _migrate(settings: Settings, action: str, revision: str) -> int:
 
 
 register_mood_commands(app)
+register_training_commands(app)
 
 
 def main() -> None:

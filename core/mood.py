@@ -780,7 +780,7 @@ def _shouted(token: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 #: Detector names accepted by :func:`create_mood_detector` (``Settings.mood_detector``).
-DETECTORS: Final[tuple[str, ...]] = ("lexicon",)
+DETECTORS: Final[tuple[str, ...]] = ("classifier", "lexicon", "tfidf", "text2emotion")
 
 
 def create_mood_detector(name: str) -> MoodDetector:
@@ -788,4 +788,16 @@ def create_mood_detector(name: str) -> MoodDetector:
     key = name.strip().lower()
     if key == "lexicon":
         return LexiconMoodDetector()
+    if key == "classifier":
+        from core.mood_classifier import ClassifierMoodDetector
+
+        return ClassifierMoodDetector.load()
+    if key == "tfidf":
+        from core.mood_tfidf import TfidfMoodDetector
+
+        return TfidfMoodDetector.load()
+    if key == "text2emotion":
+        from core.mood_text2emotion import Text2EmotionMoodDetector
+
+        return Text2EmotionMoodDetector.load()
     raise ConfigError(f"Unknown mood detector {name!r}. Choose one of: {', '.join(DETECTORS)}.")

@@ -12,6 +12,7 @@ then the defaults below.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,9 +26,12 @@ from core.errors import ConfigError
 ENV_PREFIX = "PERSONABOT_"
 
 ModelProfileName = Literal["auto", "mistral-7b", "smollm2-135m"]
-MoodDetectorName = Literal["lexicon"]
+MoodDetectorName = Literal["lexicon", "classifier", "tfidf", "text2emotion"]
 GeneratorBackendName = Literal["transformers"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+
+# What Telegram accepts as a webhook's secret_token.
+_WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -86,7 +90,9 @@ class Settings(BaseSettings):
         default="transformers", description="Which generation backend serves replies."
     )
     mood_detector: MoodDetectorName = Field(
-        default="lexicon", description="Which mood detector classifies user messages."
+        default="classifier",
+        description="Which mood detector classifies user messages: 'classifier' (the "
+        "trained MiniLM model), 'lexicon', 'tfidf' or 'text2emotion' (optional extra).",
     )
     persona_dir: Path | None = Field(
         default=None,
@@ -120,11 +126,59 @@ class Settings(BaseSettings):
         default=None,
         description="Telegram bot token; set it to start the Telegram frontend.",
     )
+    telegram_api_url: str = Field(
+        default="https://api.telegram.org/bot",
+        description="Bot API base URL the token is appended to (or '{token}' replaced in); "
+        "point it at a self-hosted telegram-bot-api server, e.g. http://127.0.0.1:8081/bot.",
+    )
+    telegram_webhook_url: str | None = Field(
+        default=None,
+        description="Public HTTPS URL Telegram should POST updates to; set it to use a "
+        "webhook instead of long polling. Its path is the path served locally.",
+    )
+    telegram_webhook_listen: str = Field(
+        default="0.0.0.0",
+        description="Address the webhook server listens on (behind a TLS reverse proxy, "
+        "usually 127.0.0.1).",
+    )
+    telegram_webhook_port: int = Field(
+        default=8443, ge=1, le=65535, description="Port the webhook server listens on."
+    )
+    telegram_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret Telegram sends with every webhook request (1-256 of A-Z, a-z, "
+        "0-9, _ and -); default: a random one per start.",
+    )
+    telegram_admin_only: bool = Field(
+        default=True,
+        description="In groups, only chat admins may /reset or change the persona.",
+    )
+    user_cooldown_seconds: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=3600.0,
+        description="Minimum seconds between two messages of one user that the bot answers "
+        "on chat platforms (0 disables the cooldown).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("telegram_api_url", "telegram_webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _WEBHOOK_SECRET.fullmatch(value.get_secret_value()):
+            raise ValueError("must be 1-256 characters from A-Z, a-z, 0-9, _ and -")
+        return value
 
     @field_validator("default_persona", mode="before")
     @classmethod
@@ -202,7 +256,8 @@ def _describe_error(error: Mapping[str, Any], source: str | None) -> str:
     key = str(loc[0])
     where = f"{env_name(key)} (or '{key}' in {source})" if source else env_name(key)
     value = error.get("input")
-    shown = "" if isinstance(value, dict) or value is None else f" = {value!r}"
+    secret = key.endswith(("_token", "_secret"))  # never echo a credential to the terminal
+    shown = "" if isinstance(value, dict) or value is None or secret else f" = {value!r}"
     message = str(error.get("msg", "invalid value"))
     if error.get("type") == "extra_forbidden":
         accepted = ", ".join(sorted(env_name(f) for f in Settings.model_fields))
