@@ -6,6 +6,7 @@ clear message (exit code 2 for configuration, 1 otherwise) instead of a tracebac
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Annotated
 
@@ -59,6 +60,7 @@ async def _chat(
     json_lines: bool,
     interactive: bool,
 ) -> int:
+    from bots.runner import stop_on_signals
     from bots.terminal import TerminalChat
     from core.bootstrap import build_engine
     from core.types import Author, ConversationRef
@@ -78,8 +80,13 @@ async def _chat(
             stdout=sys.stdout,
             interactive=interactive and not json_lines,
             json_lines=json_lines,
+            shutdown_timeout=settings.shutdown_timeout_seconds,
         )
-        return await terminal.run()
+        # SIGTERM (systemctl stop, docker stop) and Ctrl-C end the chat gracefully: the reply
+        # being written is finished (within the timeout) and storage is closed cleanly.
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            return await terminal.run(stop)
     finally:
         await engine.aclose()
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from core import redaction
 from core.errors import ConfigError, PersonabotError
 from core.settings import Settings, load_settings
 
@@ -34,6 +35,7 @@ def settings_or_exit(config: Path | None = None, **overrides: Any) -> Settings:
         typer.echo(f"personabot: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level)
+    redaction.install(settings)  # tokens and DB passwords never reach a log line
     return settings
 
 
@@ -57,10 +59,10 @@ def run_command(coro: Coroutine[Any, Any, int]) -> None:
     try:
         code = asyncio.run(coro)
     except ConfigError as exc:
-        typer.echo(f"personabot: {exc}", err=True)
+        typer.echo(f"personabot: {redaction.redact(str(exc))}", err=True)
         raise typer.Exit(2) from None
     except PersonabotError as exc:
-        typer.echo(f"personabot: {exc}", err=True)
+        typer.echo(f"personabot: {redaction.redact(str(exc))}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         code = 130

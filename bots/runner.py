@@ -46,7 +46,7 @@ PLATFORM_FRONTENDS: dict[str, tuple[str, str]] = {
     "Discord": ("discord_token", "DISCORD_TOKEN"),
     "Telegram": ("telegram_token", "TELEGRAM_TOKEN"),
 }
-AVAILABLE_PLATFORMS: frozenset[str] = frozenset({"Telegram"})
+AVAILABLE_PLATFORMS: frozenset[str] = frozenset({"Discord", "Telegram"})
 
 
 def plan_frontends(settings: Settings) -> FrontendPlan:
@@ -69,6 +69,10 @@ def plan_frontends(settings: Settings) -> FrontendPlan:
 
 def frontend_runner(name: str) -> FrontendRunner:
     """Import a frontend only when it starts, so the terminal chat never loads platform SDKs."""
+    if name == "Discord":
+        from bots.discord import run_discord
+
+        return run_discord
     if name == "Telegram":
         from bots.telegram import run_telegram
 
@@ -123,8 +127,19 @@ async def serve(
         ]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         stop.set()  # one ended, by signal or failure: stop the others too
+        # Frontends finish the replies they are writing; one that is still busy after the
+        # shutdown timeout is cancelled, so a stop always ends (the messages are stored).
+        _, late = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_seconds)
+        for task in late:
+            announce(
+                f"{task.get_name()} did not stop within {settings.shutdown_timeout_seconds:g} s "
+                "(PERSONABOT_SHUTDOWN_TIMEOUT_SECONDS); cancelling the replies it was writing."
+            )
+            task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
-    for result in results:
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, asyncio.CancelledError) and task in late:
+            continue
         if isinstance(result, BaseException):
             raise result
     return 0

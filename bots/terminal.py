@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TextIO
@@ -57,8 +58,10 @@ class TerminalChat:
         stdout: TextIO,
         interactive: bool,
         json_lines: bool = False,
+        shutdown_timeout: float = 30.0,
     ) -> None:
         self._engine = engine
+        self._shutdown_timeout = shutdown_timeout
         self._conversation = conversation
         self._author = author
         self._stdin = stdin
@@ -75,24 +78,47 @@ class TerminalChat:
             "help": self._help,
         }
 
-    async def run(self) -> int:
-        """Chat until end of input or /quit; returns the process exit code."""
+    async def run(self, stop: asyncio.Event | None = None) -> int:
+        """Chat until end of input, /quit or ``stop``; returns the process exit code.
+
+        ``stop`` is set by SIGTERM/SIGINT (see ``bots.cli``): a reply being written is
+        finished and printed if it takes at most ``shutdown_timeout`` seconds, else
+        cancelled (the message itself is already stored), and the chat ends with 0.
+        """
+        stop = stop or asyncio.Event()
         if self._interactive:
             await self._banner()
-        while True:
-            if self._interactive:
-                self._write_raw(f"{self._author.display_name}> ")
-            raw = await asyncio.to_thread(self._stdin.readline)
-            if not raw:
+        lines = _LineReader(self._stdin)
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            while True:
                 if self._interactive:
-                    self._write_raw("\n")
-                return 0
-            text = raw.rstrip("\n")
-            if text.strip() in ("/quit", "/exit"):
-                return 0
-            if not text.strip() and self._interactive:
-                continue
-            self._emit(await self.handle(text))
+                    self._write_raw(f"{self._author.display_name}> ")
+                raw = await _first(lines.readline(), stopped)
+                if raw is None:
+                    return 0
+                if not raw:
+                    if self._interactive:
+                        self._write_raw("\n")
+                    return 0
+                text = raw.rstrip("\n")
+                if text.strip() in ("/quit", "/exit"):
+                    return 0
+                if not text.strip() and self._interactive:
+                    continue
+                answer = asyncio.create_task(self.handle(text))
+                await asyncio.wait([answer, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if not answer.done():
+                    await asyncio.wait([answer], timeout=self._shutdown_timeout)
+                    if not answer.done():
+                        answer.cancel()
+                        await asyncio.gather(answer, return_exceptions=True)
+                        return 0
+                self._emit(answer.result())
+                if stop.is_set():
+                    return 0
+        finally:
+            stopped.cancel()
 
     async def handle(self, text: str) -> Line:
         """Answer one input line; errors become an error line, never an exception."""
@@ -193,6 +219,48 @@ class TerminalChat:
     def _write_raw(self, text: str) -> None:
         self._stdout.write(text)
         self._stdout.flush()
+
+
+class _LineReader:
+    """Input lines read on a daemon thread.
+
+    ``asyncio.to_thread`` would park a blocking ``readline`` in the default executor, which
+    ``asyncio.run`` joins on exit: a stop signal would then wait for the user to press
+    Enter. A daemon thread is simply left behind when the process exits.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._lines: asyncio.Queue[str] = asyncio.Queue()
+        threading.Thread(
+            target=self._pump, args=(stream,), name="personabot-stdin", daemon=True
+        ).start()
+
+    def _pump(self, stream: TextIO) -> None:
+        while True:
+            try:
+                line = stream.readline()
+            except (OSError, ValueError):  # closed or unreadable: treat as end of input
+                line = ""
+            try:
+                self._loop.call_soon_threadsafe(self._lines.put_nowait, line)
+            except RuntimeError:  # the loop is gone: the chat has ended
+                return
+            if not line:
+                return
+
+    async def readline(self) -> str:
+        return await self._lines.get()
+
+
+async def _first(read: Awaitable[str], stopped: asyncio.Task[bool]) -> str | None:
+    """The next line, or ``None`` once ``stopped`` is done."""
+    reading = asyncio.ensure_future(read)
+    await asyncio.wait([reading, stopped], return_when=asyncio.FIRST_COMPLETED)
+    if reading.done():
+        return reading.result()
+    reading.cancel()
+    return None
 
 
 def stdin_is_interactive() -> bool:

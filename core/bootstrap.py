@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
+from core import redaction
 from core.engine import Engine
 from core.errors import ConfigError, PersonabotError
 from core.generation.base import Generator
@@ -23,6 +24,7 @@ from core.personas import (
 )
 from core.settings import Settings
 from core.storage import ConversationStore, Database
+from core.storage.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +65,28 @@ async def load_personas(settings: Settings, store: ConversationStore) -> Persona
     return catalog
 
 
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """How patient storage is with an unreachable database, from the settings."""
+    return RetryPolicy(
+        connect_attempts=settings.database_connect_attempts,
+        backoff_seconds=settings.database_retry_backoff_seconds,
+        outage_seconds=settings.database_outage_seconds,
+    )
+
+
 async def build_engine(settings: Settings, *, generator: Generator | None = None) -> Engine:
-    """Open storage (migrating it), load personas, the mood detector and the model."""
+    """Open storage (migrating it), load personas, the mood detector and the model.
+
+    Also makes this process's logging mask the settings' secrets (see core.redaction):
+    whatever embeds the engine gets that protection without asking for it.
+    """
+    redaction.install(settings)
     if settings.database_url is None:
         prepare_data_dir(settings)
     database = await Database.open(
-        settings.resolved_database_url, auto_migrate=settings.auto_migrate
+        settings.resolved_database_url,
+        auto_migrate=settings.auto_migrate,
+        retry=retry_policy(settings),
     )
     try:
         store = ConversationStore(database)
@@ -79,7 +97,7 @@ async def build_engine(settings: Settings, *, generator: Generator | None = None
     except BaseException:
         await database.close()
         raise
-    return Engine(
+    engine = Engine(
         settings=settings,
         database=database,
         store=store,
@@ -87,3 +105,13 @@ async def build_engine(settings: Settings, *, generator: Generator | None = None
         mood_detector=mood_detector,
         generator=generator,
     )
+    try:
+        # Expired history goes before the first message is answered, then hourly.
+        await engine.purge_expired()
+        engine.start_maintenance()
+        if settings.metrics_port is not None:
+            engine.metrics.serve(settings.metrics_listen, settings.metrics_port)
+    except BaseException:
+        await engine.aclose()
+        raise
+    return engine

@@ -53,6 +53,15 @@ class Cooldown:
     def seconds(self) -> float:
         return self._seconds
 
+    def ready(self, key: str) -> bool:
+        """Whether :meth:`check` would accept ``key`` now; takes nothing.
+
+        A frontend guarding one message with two cooldowns (per user and per channel) asks
+        this first, so a message the second one refuses does not use up the first one.
+        """
+        last = self._last.get(key)
+        return self._seconds == 0 or last is None or self._clock() - last >= self._seconds
+
     def check(self, key: str) -> CooldownCheck:
         """Accept (and start the key's cooldown) or refuse, saying for how long."""
         if self._seconds == 0:

@@ -6,15 +6,18 @@ back what it returns; personas, moods, history and generation all live behind th
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
-from core.errors import GenerationError, InputError
+from core.errors import GenerationError, InputError, PersonabotError, StorageError
 from core.generation.base import Generator
 from core.generation.profiles import prompt_budget
 from core.mood import MoodDetector
+from core.observability import Metrics, log_event
 from core.ordering import TurnQueue
 from core.personas import Persona, PersonaCatalog
 from core.prompting import Prompt, PromptBuilder
@@ -28,6 +31,7 @@ from core.text import (
 )
 from core.types import (
     Author,
+    ChatMessage,
     ConversationRef,
     LengthPreset,
     Mood,
@@ -40,6 +44,25 @@ from core.types import (
 log = logging.getLogger(__name__)
 
 UNSURE = MoodResult(Mood.NO_EMOTION, 0.0)
+
+#: Receives the reply written so far, already cleaned like the final reply, while the model
+#: writes it (see :meth:`Engine.reply`); chat frontends use it to show a reply growing.
+PartialReply = Callable[[str], None]
+
+#: A streamed reply's token count is measured by re-tokenising its text, which can differ
+#: from the decoded tokens by a token or two; a reply this close to its budget is treated as
+#: cut off by it.
+_STREAM_BUDGET_SLACK = 2
+
+#: What the user is told when the model fails mid-reply; the details go to the log.
+APOLOGY = "Sorry, something went wrong while I was writing that reply. Please try again."
+APOLOGY_OUT_OF_MEMORY = (
+    "Sorry, I ran out of memory while writing that reply. Please try again, perhaps with a "
+    "shorter message."
+)
+
+#: How often expired history is deleted while running (besides once at start-up).
+RETENTION_INTERVAL_SECONDS = 3600.0
 
 
 class Engine:
@@ -54,8 +77,13 @@ class Engine:
         personas: PersonaCatalog,
         mood_detector: MoodDetector,
         generator: Generator,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        #: Always counted; exposed over HTTP only with PERSONABOT_METRICS_PORT.
+        self.metrics = metrics or Metrics()
+        self._in_flight = 0
+        self._maintenance: asyncio.Task[None] | None = None
         self._database = database
         self._store = store
         self._personas = personas
@@ -82,11 +110,78 @@ class Engine:
 
     # -- conversation -------------------------------------------------------------------------
 
-    async def reply(self, conversation: ConversationRef, author: Author, text: str) -> Reply:
+    async def reply(
+        self,
+        conversation: ConversationRef,
+        author: Author,
+        text: str,
+        *,
+        on_partial: PartialReply | None = None,
+    ) -> Reply:
+        """Store the message, then answer it once earlier messages here have been answered.
+
+        The user's message is committed before generation starts, so a failed or interrupted
+        generation loses nothing; the reply is committed as soon as it exists. With
+        ``on_partial`` the reply is streamed (see :meth:`_answer`).
+
+        A model failure mid-reply (an exception, CUDA out of memory) reaches the caller as a
+        :class:`GenerationError` with a short apology to show the user, while the log gets
+        the details and the conversation it happened in; the next message is answered as
+        usual. Every call ends in one ``event=reply`` (or ``reply_failed``) log line and in
+        the metrics.
+        """
+        started = time.perf_counter()
+        self._in_flight += 1
+        self.metrics.queue_depth.inc()
+        outcome = "error"
+        try:
+            result = await self._answer(conversation, author, text, on_partial=on_partial)
+            outcome = "ok"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            log_event("reply_cancelled", conversation=conversation.key())
+            raise
+        except Exception as exc:
+            kind = _error_kind(exc)
+            self.metrics.errors.labels(kind).inc()
+            log_event(
+                "reply_failed",
+                logging.INFO if kind == "input" else logging.WARNING,  # a user's typo is no alarm
+                conversation=conversation.key(),
+                error=kind,
+                latency_ms=round((time.perf_counter() - started) * 1000),
+                message=str(exc) if isinstance(exc, PersonabotError) else type(exc).__name__,
+            )
+            raise
+        finally:
+            self._in_flight -= 1
+            self.metrics.queue_depth.dec()
+            self.metrics.requests.labels(outcome).inc()
+        self._record(conversation, result, time.perf_counter() - started)
+        return result
+
+    @property
+    def replies_in_flight(self) -> int:
+        """Messages accepted and not yet answered (queued or being written)."""
+        return self._in_flight
+
+    async def _answer(
+        self,
+        conversation: ConversationRef,
+        author: Author,
+        text: str,
+        *,
+        on_partial: PartialReply | None = None,
+    ) -> Reply:
         """Store the message, then answer it once earlier messages here have been answered.
 
         The user's message is committed before generation starts, so a failed or interrupted
         generation loses nothing; the reply is committed as soon as it exists.
+
+        With ``on_partial`` the reply is streamed: the callback gets the text so far after
+        each decoded piece (it must not block; a frontend throttles its own display). The
+        returned reply is still the one to show at the end: it may drop a trailing fragment
+        the callback saw.
         """
         text = clean_user_text(text, max_chars=self._settings.max_message_chars)
         # Two queues, both joined before any await: messages are stored in arrival order, and
@@ -106,7 +201,17 @@ class Engine:
             persona = self._persona_of(state)
             prompt, history = await self._prompt_for(state, persona, mood, user_message)
             params = self._sampling(persona, state.length, history, user_message)
-            reply_text = await self._generate(prompt, params, persona, history, user_message)
+            generation_started = time.perf_counter()
+            try:
+                reply_text = await self._generate(
+                    prompt, params, persona, history, user_message, on_partial
+                )
+            except Exception as exc:
+                failure = self._generation_failure(exc, state, persona, user_message, prompt)
+                if failure is exc:
+                    raise
+                raise failure from exc
+            generation_seconds = time.perf_counter() - generation_started
             reply_message = await self._store.add_message(
                 state.id,
                 role="assistant",
@@ -126,7 +231,79 @@ class Engine:
             reply_message_id=reply_message.id,
             prompt_tokens=prompt.tokens,
             history_messages_used=prompt.history_used,
+            extra={"generation_seconds": generation_seconds},
         )
+
+    def _generation_failure(
+        self,
+        exc: Exception,
+        state: ConversationState,
+        persona: Persona,
+        current: StoredMessage,
+        prompt: Prompt,
+    ) -> Exception:
+        """Log a failed generation with its context; the error the user should see.
+
+        A GenerationError of our own making with no underlying exception (the generator is
+        shut down, the model wrote nothing usable) already says what to do and is kept. Any
+        other failure is an internal one, and the user only needs to know it was not their
+        fault and that trying again is fine.
+        """
+        context = (
+            f"conversation {state.ref.key()}, message {current.id}, persona {persona.name}, "
+            f"prompt {prompt.tokens} tokens, {prompt.history_used} history messages"
+        )
+        if isinstance(exc, GenerationError) and exc.__cause__ is None:
+            log.warning("No reply (%s): %s", context, exc)
+            return exc
+        out_of_memory = _out_of_memory(exc)
+        log.error(
+            "Generation failed%s (%s): %s: %s",
+            " (out of memory)" if out_of_memory else "",
+            context,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        return GenerationError(APOLOGY_OUT_OF_MEMORY if out_of_memory else APOLOGY)
+
+    def _record(self, conversation: ConversationRef, reply: Reply, latency: float) -> None:
+        """One ``event=reply`` log line and the metrics for an answered message."""
+        tokens = self._reply_tokens(reply.text)
+        generation = reply.extra.get("generation_seconds")
+        seconds = generation if isinstance(generation, float) and generation > 0 else None
+        rate = tokens / seconds if seconds else None
+        self.metrics.latency.observe(latency)
+        self.metrics.tokens.inc(tokens)
+        if seconds is not None and rate is not None:
+            self.metrics.generation.observe(seconds)
+            self.metrics.tokens_per_second.observe(rate)
+        log_event(
+            "reply",
+            conversation=conversation.key(),
+            persona=reply.persona,
+            mood=reply.mood.mood.value,
+            mood_confidence=round(reply.mood.confidence, 3),
+            latency_ms=round(latency * 1000),
+            generation_ms=None if seconds is None else round(seconds * 1000),
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=tokens,
+            tokens_per_s=None if rate is None else round(rate, 1),
+            history_messages=reply.history_messages_used,
+            user_message=reply.user_message_id,
+            reply_message=reply.reply_message_id,
+        )
+
+    def _reply_tokens(self, text: str) -> int:
+        """Tokens of the stored reply in the model's own tokenizer (template overhead removed)."""
+        try:
+            count = self._generator.count_tokens
+            return max(
+                0, count([ChatMessage("assistant", text)]) - count([ChatMessage("assistant", "")])
+            )
+        except Exception:  # statistics must never cost a reply
+            log.debug("Counting reply tokens failed.", exc_info=True)
+            return 0
 
     async def preview_prompt(
         self, conversation: ConversationRef, author: Author, text: str
@@ -153,10 +330,92 @@ class Engine:
         state = await self._state(conversation)
         return await self._store.history(state.id, limit=limit)
 
+    async def always_answer(self, conversation: ConversationRef) -> bool:
+        """Whether a chat frontend answers every message here, not only those addressed to it.
+
+        Reading it never creates the conversation, so frontends may ask for every message.
+        """
+        return await self._store.always_answer(conversation)
+
+    async def set_always_answer(self, conversation: ConversationRef, always: bool) -> None:
+        await self._store.set_always_answer(
+            conversation, always, default_persona=self._settings.default_persona
+        )
+
     async def reset(self, conversation: ConversationRef) -> int:
         """Forget the conversation's messages (persona and length stay); returns how many."""
         state = await self._state(conversation)
-        return await self._store.clear_history(state.id)
+        removed = await self._store.clear_history(state.id)
+        self.metrics.purged.labels("reset").inc(removed)
+        log_event("reset", conversation=conversation.key(), deleted=removed)
+        return removed
+
+    async def forget(
+        self,
+        author: Author,
+        conversation: ConversationRef | None = None,
+        *,
+        platform: str | None = None,
+    ) -> int:
+        """Delete every message ``author`` wrote, and the replies to them; returns how many.
+
+        The privacy command (/forget): in one ``conversation``, or with ``platform`` instead
+        in every conversation on that platform (user ids are unique per platform only).
+        Other people's messages and the conversation's settings stay. In a conversation it
+        takes its turn like a message, so a reply still being written to this person is
+        finished and then deleted with the rest rather than stored afterwards.
+        """
+        if (conversation is None) == (platform is None):
+            raise ValueError("forget() needs exactly one of conversation and platform")
+        if conversation is None:
+            assert platform is not None
+            removed = await self._store.forget_author(author.id, platform=platform)
+            scope = f"{platform}:*"
+        else:
+            turn = self._turns.join(conversation.key())
+            try:
+                await turn.wait()
+                found = await self._store.find(conversation)
+                removed = (
+                    0
+                    if found is None
+                    else await self._store.forget_author(author.id, conversation_id=found.id)
+                )
+            finally:
+                turn.finish()
+            scope = conversation.key()
+        self.metrics.purged.labels("forget").inc(removed)
+        log_event("forget", conversation=scope, deleted=removed)
+        return removed
+
+    async def purge_expired(self) -> int:
+        """Delete history older than PERSONABOT_HISTORY_RETENTION_DAYS; returns how many."""
+        days = self._settings.history_retention_days
+        if days is None:
+            return 0
+        removed = await self._store.purge_before(datetime.now(UTC) - timedelta(days=days))
+        self.metrics.purged.labels("retention").inc(removed)
+        log_event("retention_purge", deleted=removed, older_than_days=days)
+        return removed
+
+    def start_maintenance(self) -> None:
+        """Start deleting expired history every hour, when a retention period is set.
+
+        A failed run is logged and tried again at the next interval: a database that is
+        briefly away must not stop the bot.
+        """
+        if self._settings.history_retention_days is None or self._maintenance is not None:
+            return
+
+        async def maintain() -> None:
+            while True:
+                await asyncio.sleep(RETENTION_INTERVAL_SECONDS)
+                try:
+                    await self.purge_expired()
+                except PersonabotError as exc:
+                    log.warning("Deleting expired history failed (%s); will try again.", exc)
+
+        self._maintenance = asyncio.create_task(maintain(), name="personabot-retention")
 
     # -- personas and settings per conversation ----------------------------------------------
 
@@ -210,6 +469,12 @@ class Engine:
         return await self._detect(text, None)
 
     async def aclose(self) -> None:
+        """Stop background work, release the model and flush and close the database."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+            self._maintenance = None
+        await asyncio.to_thread(self.metrics.close)
         await self._generator.aclose()
         await self._database.close()
 
@@ -296,16 +561,25 @@ class Engine:
         persona: Persona,
         history: Sequence[StoredMessage],
         current: StoredMessage,
+        on_partial: PartialReply | None = None,
     ) -> str:
         user_names = sorted({m.author_name for m in (*history, current) if m.role == "user"})
-        for attempt in range(2):
-            generation = await self._generator.generate(prompt.messages, params)
-            text = clean_model_output(
-                generation.text,
-                user_names=user_names,
-                assistant_names=(persona.display_name, persona.name),
+
+        def tidy(raw: str) -> str:
+            return clean_model_output(
+                raw, user_names=user_names, assistant_names=(persona.display_name, persona.name)
             )
-            if generation.completion_tokens >= params.max_new_tokens:
+
+        for attempt in range(2):
+            if on_partial is not None and attempt == 0:
+                raw, completion_tokens = await self._stream(prompt, params, on_partial, tidy)
+                budget = params.max_new_tokens - _STREAM_BUDGET_SLACK
+            else:  # a second attempt is not streamed: the frontend shows its result at once
+                generation = await self._generator.generate(prompt.messages, params)
+                raw, completion_tokens = generation.text, generation.completion_tokens
+                budget = params.max_new_tokens
+            text = tidy(raw)
+            if completion_tokens >= budget:
                 text = trim_to_last_sentence(text)  # cut by the budget, not finished
             if text:
                 return text
@@ -316,3 +590,51 @@ class Engine:
                 temperature=max(params.temperature, 0.7),
             )
         raise GenerationError("The model produced no usable reply. Please try rephrasing.")
+
+    async def _stream(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        on_partial: PartialReply,
+        tidy: Callable[[str], str],
+    ) -> tuple[str, int]:
+        """Generate while reporting progress; returns the raw text and its token count.
+
+        The generator's stream yields text, not tokens, so the count comes from tokenising
+        the finished turn in context (the prompt's own tokens cancel out).
+        """
+        pieces: list[str] = []
+        async for piece in self._generator.stream(prompt.messages, params):
+            pieces.append(piece)
+            try:
+                on_partial(tidy("".join(pieces)))
+            except Exception:  # showing progress is a nicety; it must not cost the reply
+                log.exception("The partial-reply callback failed; generation goes on.")
+        raw = "".join(pieces)
+        count = self._generator.count_tokens
+        with_reply = count([*prompt.messages, ChatMessage("assistant", raw)])
+        without = count([*prompt.messages, ChatMessage("assistant", "")])
+        return raw, max(0, with_reply - without)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or any error saying so, anywhere in the cause chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__name__ == "OutOfMemoryError" or "out of memory" in str(current).lower():
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _error_kind(exc: BaseException) -> str:
+    """The ``kind`` label of the errors metric and the reply_failed event."""
+    if isinstance(exc, GenerationError):
+        return "generation"
+    if isinstance(exc, StorageError):
+        return "storage"
+    if isinstance(exc, InputError):
+        return "input"
+    return "other"

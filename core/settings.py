@@ -69,6 +69,49 @@ class Settings(BaseSettings):
     auto_migrate: bool = Field(
         default=True, description="Upgrade the database schema at start-up when it is behind."
     )
+    database_connect_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Attempts to reach the database at start-up, with a doubling pause in "
+        "between (a bot started together with its database server waits for it).",
+    )
+    database_retry_backoff_seconds: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=60.0,
+        description="First pause between two attempts to reach the database; it doubles "
+        "each time, up to 10 s.",
+    )
+    database_outage_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=3600.0,
+        description="How long a request waits for a database that became unreachable "
+        "(restart, failover) before the user is told to try again; 0 fails at once.",
+    )
+    history_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Delete messages older than this many days, at start-up and hourly; "
+        "unset keeps history until /reset or /forget.",
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=3600.0,
+        description="On SIGTERM/Ctrl-C, how long replies being written may take to finish "
+        "before they are cancelled (their messages stay stored).",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve Prometheus metrics on this port at /metrics; unset: no endpoint.",
+    )
+    metrics_listen: str = Field(
+        default="127.0.0.1", description="Address the Prometheus metrics endpoint listens on."
+    )
     model_profile: ModelProfileName = Field(
         default="auto",
         description="'mistral-7b' (GPU, 4-bit), 'smollm2-135m' (offline CPU) or 'auto': "
@@ -79,7 +122,9 @@ class Settings(BaseSettings):
         description="Hub id or local directory overriding the profile's model weights.",
     )
     adapter_path: Path | None = Field(
-        default=None, description="LoRA adapter directory overriding the profile's default."
+        default=None,
+        description="LoRA adapter directory overriding the profile's default; 'none' serves "
+        "the base model without any adapter.",
     )
     load_in_4bit: bool | None = Field(
         default=None,
@@ -160,6 +205,33 @@ class Settings(BaseSettings):
         description="Minimum seconds between two messages of one user that the bot answers "
         "on chat platforms (0 disables the cooldown).",
     )
+    discord_api_url: str = Field(
+        default="https://discord.com/api/v10",
+        description="Discord REST API base URL, version included; point it at a REST proxy, "
+        "e.g. http://127.0.0.1:8080/api/v10.",
+    )
+    discord_gateway_url: str = Field(
+        default="wss://gateway.discord.gg/",
+        description="Discord gateway (websocket) URL for new sessions, e.g. "
+        "ws://127.0.0.1:8080/gateway.",
+    )
+    discord_guild_ids: tuple[int, ...] = Field(
+        default=(),
+        description="Servers (guild ids, comma-separated) to register the slash commands in, "
+        "where they appear at once; empty: register them globally, for every server and DMs.",
+    )
+    discord_stream_replies: bool = Field(
+        default=False,
+        description="Show a Discord reply while the model writes it, by editing the message "
+        "(throttled to Discord's rate limits).",
+    )
+    discord_channel_cooldown_seconds: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=3600.0,
+        description="Minimum seconds between two answered messages in one Discord channel or "
+        "thread, whoever writes them (0 disables it).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -172,6 +244,36 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+    @field_validator("discord_api_url")
+    @classmethod
+    def _discord_api_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")  # discord.py appends paths that start with '/'
+
+    @field_validator("discord_gateway_url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError("must be a ws:// or wss:// URL")
+        return value
+
+    @field_validator("discord_guild_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        # The environment gives one string ("123, 456"); TOML gives a list.
+        if isinstance(value, str):
+            return [part for part in re.split(r"[\s,]+", value) if part]
+        return value
+
+    @field_validator("discord_guild_ids")
+    @classmethod
+    def _snowflakes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [guild for guild in value if guild <= 0]
+        if bad:
+            raise ValueError(f"guild ids are positive numbers, got {bad[0]}")
+        return tuple(dict.fromkeys(value))  # a repeated id would be registered twice
 
     @field_validator("telegram_webhook_secret")
     @classmethod

@@ -51,3 +51,15 @@ def test_memory_is_bounded_by_recently_active_keys() -> None:
 def test_negative_seconds_are_refused() -> None:
     with pytest.raises(ValueError):
         Cooldown(-1)
+
+
+def test_ready_says_whether_a_check_would_pass_without_taking_it() -> None:
+    clock = Clock()
+    cooldown = Cooldown(5.0, clock=clock)
+    assert cooldown.ready("alice") and cooldown.ready("alice")
+    assert cooldown.check("alice").allowed
+    assert not cooldown.ready("alice")
+    assert cooldown.check("alice").notify  # ready() did not count as a refusal
+    clock.now += 5
+    assert cooldown.ready("alice") and cooldown.check("alice").allowed
+    assert Cooldown(0).ready("alice")

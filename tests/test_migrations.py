@@ -1,7 +1,12 @@
-"""Alembic migrations: up and down, the start-up schema check, and the alembic CLI."""
+"""Alembic migrations: up and down, the start-up schema check, and the alembic CLI.
+
+The same revisions serve SQLite and PostgreSQL: tests taking ``engine`` or ``database_url``
+run on both (a real server, see ``tests/postgres.py``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -25,7 +30,14 @@ APP_TABLES = {"conversations", "messages", "personas"}
 
 
 @pytest_asyncio.fixture(loop_scope="function")
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     engine = make_engine(sqlite_url(tmp_path / "db.sqlite"))
     yield engine
     await engine.dispose()
@@ -75,7 +87,11 @@ async def test_constraints_carry_the_naming_convention(engine: AsyncEngine) -> N
             "fk_messages_conversation_id_conversations",
             "fk_messages_reply_to_id_messages",
         },
-        "ix": {"ix_messages_conversation_id_id"},
+        "ix": {
+            "ix_messages_conversation_id_id",
+            "ix_messages_reply_to_id",
+            "ix_messages_created_at",
+        },
         "ck": {"ck_messages_role"},
     }
 
@@ -91,7 +107,8 @@ async def test_downgrade_to_base_drops_every_table(engine: AsyncEngine) -> None:
     assert await table_names(engine) >= APP_TABLES
 
 
-async def test_foreign_keys_are_back_on_after_a_migration(engine: AsyncEngine) -> None:
+async def test_foreign_keys_are_back_on_after_a_migration(sqlite_engine: AsyncEngine) -> None:
+    engine = sqlite_engine
     await migrate.upgrade(engine)
 
     async with engine.connect() as conn:
@@ -114,8 +131,8 @@ async def test_open_upgrades_an_empty_file(tmp_path: Path) -> None:
         await database.close()
 
 
-async def test_open_without_auto_migrate_asks_for_db_upgrade(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path / "db.sqlite")
+async def test_open_without_auto_migrate_asks_for_db_upgrade(database_url: str) -> None:
+    url = database_url
 
     with pytest.raises(StorageError, match="personabot db upgrade"):
         await Database.open(url, auto_migrate=False)
@@ -148,6 +165,17 @@ async def test_a_revision_from_newer_code_is_refused_and_left_alone(engine: Asyn
     assert await migrate.current_revision(engine) == "from_the_future"
 
 
+async def test_processes_starting_together_migrate_once(database_url: str) -> None:
+    """Two bots (e.g. Discord shards) opening one empty database at the same moment."""
+    first, second = await asyncio.gather(Database.open(database_url), Database.open(database_url))
+    try:
+        assert await migrate.current_revision(first.engine) == migrate.head_revision()
+        assert await table_names(second.engine) >= APP_TABLES
+    finally:
+        await first.close()
+        await second.close()
+
+
 def run_alembic(env_overrides: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONABOT_")}
     env.update(env_overrides)
@@ -162,8 +190,8 @@ def run_alembic(env_overrides: dict[str, str], *args: str) -> subprocess.Complet
     )
 
 
-async def test_alembic_cli_upgrades_the_configured_database(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path / "cli.db")
+async def test_alembic_cli_upgrades_the_configured_database(database_url: str) -> None:
+    url = database_url
 
     result = run_alembic({"PERSONABOT_DATABASE_URL": url}, "upgrade", "head")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ModelLoadError
-from core.generation.profiles import build_model_spec, cuda_available
+from core.generation.profiles import build_model_spec, cuda_available, shipped_adapter_dir
 from tests.conftest import SettingsFactory
 
 needs_no_gpu = pytest.mark.skipif(cuda_available(), reason="checks the no-GPU behaviour")
@@ -21,7 +21,10 @@ def test_auto_picks_the_offline_profile_without_a_gpu(make_settings: SettingsFac
     spec = build_model_spec(make_settings(model_profile="auto", device="auto"))
     assert spec.profile == "smollm2-135m"
     assert spec.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert spec.device == "cpu" and spec.adapter is None
+    # The shipped DailyDialog adapter, once committed, is the offline profile's default.
+    shipped = shipped_adapter_dir("smollm2-135m")
+    expected = shipped if (shipped / "adapter_config.json").is_file() else None
+    assert spec.device == "cpu" and spec.adapter == expected
 
 
 @needs_no_gpu

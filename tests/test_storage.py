@@ -1,4 +1,8 @@
-"""Database opening and the conversation store, on real SQLite files."""
+"""Database opening and the conversation store, on real SQLite files and a real PostgreSQL.
+
+Tests that take the ``database``/``store`` fixtures run once per database (see
+``tests/postgres.py``); the rest are about one database's own behaviour.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,14 @@ BOT = Author("personabot", "Friend")
 
 
 @pytest_asyncio.fixture(loop_scope="function")
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
+async def database(database_url: str) -> AsyncIterator[Database]:
+    database = await Database.open(database_url)
+    yield database
+    await database.close()
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def sqlite_database(tmp_path: Path) -> AsyncIterator[Database]:
     database = await Database.open(sqlite_url(tmp_path / "data" / "personabot.db"))
     yield database
     await database.close()
@@ -42,7 +53,8 @@ async def pragma(database: Database, name: str) -> object:
 # -- opening --------------------------------------------------------------------------------
 
 
-async def test_file_databases_are_tuned_for_concurrent_use(database: Database) -> None:
+async def test_file_databases_are_tuned_for_concurrent_use(sqlite_database: Database) -> None:
+    database = sqlite_database
     assert await pragma(database, "journal_mode") == "wal"
     assert await pragma(database, "foreign_keys") == 1
     assert await pragma(database, "busy_timeout") == 5000
@@ -104,8 +116,8 @@ async def test_error_messages_hide_the_password() -> None:
     assert "bob:***@127.0.0.1" in str(caught.value)
 
 
-async def test_data_survives_closing_and_reopening(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path / "keep.db")
+async def test_data_survives_closing_and_reopening(database_url: str) -> None:
+    url = database_url
     database = await Database.open(url)
     store = ConversationStore(database)
     state = await store.get_or_create(REF, default_persona="friend")
@@ -323,7 +335,8 @@ async def test_write_errors_become_storage_errors(
 
     async with database.engine.begin() as conn:
         await conn.execute(text("DROP TABLE personas"))
-    with pytest.raises(StorageError, match="no such table") as caught:
+    missing = "no such table" if database.dialect == "sqlite" else "does not exist"
+    with pytest.raises(StorageError, match=missing) as caught:
         await store.save_persona("ghost", "{}", None)
     assert isinstance(caught.value.__cause__, DBAPIError)
 

@@ -167,6 +167,7 @@ async def test_startup_registers_commands_and_polls_with_offsets(
         "persona",
         "personas",
         "reset",
+        "forget",
         "mood",
         "length",
     ]
@@ -606,3 +607,34 @@ def _message(chat: JSON, user: JSON, text: str) -> JSON:
         command = text.split()[0]
         message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
     return message
+
+
+async def test_forget_deletes_only_the_callers_messages_and_needs_no_admin(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot(telegram_admin_only=False)).engine
+    group = FakeBotAPI.group_chat(GROUP_ID)
+    here = conversation(GROUP_ID)
+    api.send(group, ALICE, "/length short")
+    await answers(api, GROUP_ID, 1)
+    api.send(group, BOB, f"@{BOT_USERNAME} I like trains.")
+    await answers(api, GROUP_ID, 2)
+    api.send(group, ALICE, f"@{BOT_USERNAME} my phone number is 555-0100.")
+    await answers(api, GROUP_ID, 3)
+    api.send(private(ALICE), ALICE, "/length short")
+    api.send(private(ALICE), ALICE, "A secret between us.")
+    await answers(api, ALICE["id"], 2)
+
+    api.send(group, ALICE, "/forget")  # no admin needed: it is her own data
+    done = (await answers(api, GROUP_ID, 4))[3]["text"]
+
+    assert done == "Done: I deleted 2 stored messages in this chat (yours and my replies to them)."
+    history = await engine.history(here)
+    assert [(m.role, m.author_name) for m in history] == [("user", "Bob"), ("assistant", "Friend")]
+    assert len(await engine.history(conversation(ALICE["id"]))) == 2  # other chats untouched
+
+    api.send(private(ALICE), ALICE, "/forget all")
+    everywhere = (await answers(api, ALICE["id"], 3))[2]["text"]
+    assert everywhere.startswith("Done: I deleted 2 stored messages in all our chats")
+    assert await engine.history(conversation(ALICE["id"])) == []
+    assert len(await engine.history(here)) == 2  # Bob's exchange stays

@@ -63,6 +63,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("persona", "Show the persona and switch it: /persona or /persona NAME"),
     ("personas", "List the personas"),
     ("reset", "Forget this conversation"),
+    ("forget", "Delete your messages here (/forget all: in every chat with me)"),
     ("mood", "The mood of a text, or of your last message: /mood [TEXT]"),
     ("length", "Show or set the reply length: short, medium or long"),
 )
@@ -173,6 +174,7 @@ class TelegramFrontend:
             "persona": self.persona,
             "personas": self.personas,
             "reset": self.reset,
+            "forget": self.forget,
             "mood": self.mood,
             "length": self.length,
         }
@@ -325,6 +327,36 @@ class TelegramFrontend:
         count = await self._engine.reset(place.conversation)
         await self._say(
             context.bot, place, f"Conversation reset ({count} messages forgotten).", message
+        )
+
+    async def forget(self, update: Update, context: Context) -> None:
+        """/forget deletes the caller's own messages here, and the bot's replies to them.
+
+        Anyone may forget what they wrote, in any chat, without being an admin: it is their
+        data (see docs/privacy.md). Others' messages in a group stay. ``/forget all`` does
+        it in every Telegram chat with the bot.
+        """
+        message, place = self._origin(update)
+        if message is None or place is None:
+            return
+        author = author_of_message(message)
+        if author is None:
+            return
+        everywhere = _argument(message).lower() == "all"
+        try:
+            if everywhere:
+                count = await self._engine.forget(author, platform=place.conversation.platform)
+            else:
+                count = await self._engine.forget(author, place.conversation)
+        except PersonabotError as exc:
+            await self._say(context.bot, place, str(exc), message)
+            return
+        where = "in all our chats" if everywhere else "in this chat"
+        await self._say(
+            context.bot,
+            place,
+            f"Done: I deleted {count} stored messages {where} (yours and my replies to them).",
+            message,
         )
 
     async def mood(self, update: Update, context: Context) -> None:

@@ -83,9 +83,45 @@ def smollm2_package_dir() -> Path:
     )
 
 
+SHIPPED_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
+"""Adapters committed with the code (``core/adapters/<profile>-dailydialog``)."""
+
+NO_ADAPTER = ("none", "off")
+"""PERSONABOT_ADAPTER_PATH values that serve the bare base model."""
+
+HUB_IDS = {MISTRAL_7B: MISTRAL_HUB_ID, SMOLLM2_135M: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+"""What each profile's default weights are, recorded in the adapters trained on them."""
+
+
 def default_adapter_dir(settings: Settings, profile: str) -> Path:
     """Adapters trained by ``personabot train`` land here and are picked up by default."""
     return settings.data_dir / "adapters" / f"{profile}-dailydialog"
+
+
+def shipped_adapter_dir(profile: str) -> Path:
+    """Where the adapter shipped with personabot for ``profile`` lives (if one is shipped)."""
+    return SHIPPED_ADAPTERS / f"{profile}-dailydialog"
+
+
+def adapter_disabled(settings: Settings) -> bool:
+    """True when PERSONABOT_ADAPTER_PATH asks for no adapter at all."""
+    path = settings.adapter_path
+    return path is not None and str(path).strip().lower() in NO_ADAPTER
+
+
+def profile_default_adapter(settings: Settings, profile: str) -> Path | None:
+    """The profile's default adapter: one trained into the data directory, else the shipped one.
+
+    The shipped adapter was trained on the profile's own weights, so it is only applied when
+    PERSONABOT_MODEL_PATH does not replace them.
+    """
+    trained = default_adapter_dir(settings, profile)
+    if (trained / "adapter_config.json").is_file():
+        return trained
+    shipped = shipped_adapter_dir(profile)
+    if settings.model_path is None and (shipped / "adapter_config.json").is_file():
+        return shipped
+    return None
 
 
 def _resolve_device(settings: Settings) -> str:
@@ -100,6 +136,8 @@ def _resolve_device(settings: Settings) -> str:
 
 
 def _resolve_adapter(settings: Settings, profile: str) -> Path | None:
+    if adapter_disabled(settings):
+        return None
     if settings.adapter_path is not None:
         if not (settings.adapter_path / "adapter_config.json").is_file():
             raise ModelLoadError(
@@ -108,11 +146,14 @@ def _resolve_adapter(settings: Settings, profile: str) -> Path | None:
                 "`personabot train`, or unset it."
             )
         return settings.adapter_path
-    default = default_adapter_dir(settings, profile)
-    if (default / "adapter_config.json").is_file():
-        return default
-    log.info("No DailyDialog adapter at %s; serving the base model.", default)
-    return None
+    default = profile_default_adapter(settings, profile)
+    if default is None:
+        log.info(
+            "No DailyDialog adapter at %s or %s; serving the base model.",
+            default_adapter_dir(settings, profile),
+            shipped_adapter_dir(profile),
+        )
+    return default
 
 
 def build_model_spec(settings: Settings) -> ModelSpec:

@@ -13,6 +13,7 @@ import logging
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,9 @@ from core.prompting import fold_system_prompt
 from core.types import ChatMessage, SamplingParams
 
 log = logging.getLogger(__name__)
+
+# Distinct stop-string sets kept (one per set of speaker names in a conversation).
+_STOP_CRITERIA_CACHE = 64
 
 
 def _as_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -51,6 +55,8 @@ class TransformersGenerator:
         self._system_role = system_role
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="personabot-gen")
         self._closed = False
+        # Stop-string matchers by stop strings; see _stop_criterion. Worker thread only.
+        self._stop_criteria: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         config = model.config
         self._context_window = int(getattr(config, "max_position_embeddings", 2048) or 2048)
         dtype = str(getattr(model, "dtype", "")).replace("torch.", "")
@@ -120,6 +126,29 @@ class TransformersGenerator:
 
     # -- worker thread ----------------------------------------------------------------------
 
+    def _stop_criterion(self, stop: Sequence[str]) -> list[Any]:
+        """A StopStringCriteria for these stop strings, built once and then reused.
+
+        transformers caches the matcher keyed on the tokenizer's vocabulary as a tuple, but a
+        fast tokenizer's ``get_vocab()`` comes back in a different order on every call, so
+        that cache never hits and every reply would pay the build: about 2 s on a CPU for
+        the engine's fifteen speaker stop strings, far more than a short reply takes.
+        """
+        from transformers import StopStringCriteria
+
+        key = tuple(stop)
+        if not key:
+            return []
+        criterion = self._stop_criteria.get(key)
+        if criterion is None:
+            criterion = StopStringCriteria(self._tokenizer, list(key))
+            self._stop_criteria[key] = criterion
+            if len(self._stop_criteria) > _STOP_CRITERIA_CACHE:
+                self._stop_criteria.popitem(last=False)
+        else:
+            self._stop_criteria.move_to_end(key)
+        return [criterion]
+
     def _render(self, messages: Sequence[ChatMessage]) -> str:
         if not self._system_role:
             messages = fold_system_prompt(messages)
@@ -152,7 +181,9 @@ class TransformersGenerator:
                 "max_new_tokens": params.max_new_tokens,
                 "repetition_penalty": params.repetition_penalty,
                 "pad_token_id": self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
-                "stopping_criteria": StoppingCriteriaList([_CancelOnEvent(cancel)]),
+                "stopping_criteria": StoppingCriteriaList(
+                    [_CancelOnEvent(cancel), *self._stop_criterion(params.stop)]
+                ),
             }
             if params.temperature > 0:
                 kwargs.update(
@@ -163,8 +194,6 @@ class TransformersGenerator:
                 )
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            if params.stop:
-                kwargs.update(stop_strings=list(params.stop), tokenizer=self._tokenizer)
             if streamer is not None:
                 kwargs["streamer"] = streamer
             if params.seed is not None:
@@ -189,6 +218,8 @@ class TransformersGenerator:
             if streamer is not None:
                 streamer.end()
             kind = "out of memory" if "out of memory" in str(exc).lower() else "failed"
+            if kind == "out of memory" and torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give the next request the memory this one held
             raise GenerationError(f"Generation {kind}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -225,28 +256,45 @@ def _convert_gguf_once(spec: ModelSpec) -> Path:
 
 
 def _detect_system_role(tokenizer: Any) -> bool:
-    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    # A distinctive probe: a plain "s" would be found in "<s>" or "<|im_start|>" even when the
+    # template silently drops the system message.
+    probe = [{"role": "system", "content": "SYSTEM-PROBE"}, {"role": "user", "content": "u"}]
     try:
         rendered = tokenizer.apply_chat_template(probe, tokenize=False)
     except Exception:
         return False
-    return "s" in str(rendered)
+    return "SYSTEM-PROBE" in str(rendered)
+
+
+def resolve_weights(spec: ModelSpec) -> str | Path:
+    """The Hub id or directory to load: the spec's source, or its GGUF converted once."""
+    if not spec.gguf_file:
+        return spec.source
+    try:
+        return _convert_gguf_once(spec)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"Cannot convert {spec.gguf_file} into {spec.converted_dir}: {exc}. Check that "
+            "PERSONABOT_DATA_DIR (or PERSONABOT_CACHE_DIR) is writable."
+        ) from exc
 
 
 def load_transformers_generator(spec: ModelSpec) -> TransformersGenerator:
     """Load weights, quantisation and adapter; blocking, so call it off the event loop."""
+    model, tokenizer, system_role = load_model(spec)
+    return TransformersGenerator(model, tokenizer, spec, system_role)
+
+
+def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
+    """The served model (adapter applied), its tokenizer, and whether it has a system role.
+
+    Shared by the generator and ``personabot eval``, so evaluation scores exactly the model
+    the bot serves.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source: str | Path = spec.source
-    if spec.gguf_file:
-        try:
-            source = _convert_gguf_once(spec)
-        except OSError as exc:
-            raise ModelLoadError(
-                f"Cannot convert {spec.gguf_file} into {spec.converted_dir}: {exc}. Check that "
-                "PERSONABOT_DATA_DIR (or PERSONABOT_CACHE_DIR) is writable."
-            ) from exc
+    source = resolve_weights(spec)
     kwargs: dict[str, Any] = {}
     if spec.load_in_4bit:
         from transformers import BitsAndBytesConfig
@@ -293,4 +341,4 @@ def load_transformers_generator(spec: ModelSpec) -> TransformersGenerator:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     system_role = _detect_system_role(tokenizer) if spec.system_role is None else spec.system_role
-    return TransformersGenerator(model, tokenizer, spec, system_role)
+    return model, tokenizer, system_role

@@ -7,7 +7,12 @@ message names the setting to change, because that is all an operator sees.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
+import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,9 @@ from sqlalchemy.ext.asyncio import (
 
 from core.errors import StorageError
 from core.storage import migrate
+from core.storage.retry import RetryPolicy, describe, is_transient
+
+log = logging.getLogger(__name__)
 
 SETTINGS_HINT = (
     "Set PERSONABOT_DATA_DIR to a writable folder or PERSONABOT_DATABASE_URL to another database."
@@ -142,8 +150,10 @@ def make_engine(url: str) -> AsyncEngine:
 class Database:
     """An async engine plus the session factory the repository draws short sessions from."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, retry: RetryPolicy | None = None) -> None:
         self.engine = engine
+        #: How long store operations wait out a database outage (see core.storage.retry).
+        self.retry = retry or RetryPolicy()
         # expire_on_commit=False: rows are turned into plain values after commit, and
         # reloading them would need another round trip (or fail outside the session).
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -153,22 +163,71 @@ class Database:
         """The database URL with the password hidden, for messages."""
         return masked(self.engine.url)
 
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql`` (or another SQLAlchemy dialect's name)."""
+        return self.engine.dialect.name
+
     def session(self) -> AsyncSession:
         return self._sessions()
 
     @classmethod
-    async def open(cls, url: str, *, auto_migrate: bool = True) -> Database:
-        """Connect, check the schema revision and migrate it to the newest when allowed."""
+    async def open(
+        cls, url: str, *, auto_migrate: bool = True, retry: RetryPolicy | None = None
+    ) -> Database:
+        """Connect, check the schema revision and migrate it to the newest when allowed.
+
+        A database that cannot be reached (refused, starting up, network down) is tried
+        ``retry.connect_attempts`` times with a growing pause, so a bot started alongside
+        its database waits for it; any other failure stops at once.
+        """
+        policy = retry or RetryPolicy()
         engine = make_engine(url)
         try:
-            await _check_schema(engine, auto_migrate=auto_migrate)
+            await _open_with_retries(engine, policy, auto_migrate=auto_migrate)
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, policy)
 
     async def close(self) -> None:
+        """Return every connection; on SQLite the last close also checkpoints the WAL."""
         await self.engine.dispose()
+
+
+async def _open_with_retries(
+    engine: AsyncEngine, policy: RetryPolicy, *, auto_migrate: bool
+) -> None:
+    attempts = max(policy.connect_attempts, 1)
+    pauses = policy.pauses()
+    waited = 0.0
+    for attempt in range(1, attempts + 1):
+        try:
+            await _check_schema(engine, auto_migrate=auto_migrate)
+            return
+        except StorageError as exc:
+            cause = exc.__cause__
+            if cause is None or not is_transient(cause):
+                raise
+            if attempt == attempts:
+                raise StorageError(
+                    f"Cannot reach the database {masked(engine.url)} after {attempts} "
+                    f"attempt{'s' if attempts > 1 else ''} over {waited:.0f} s: "
+                    f"{describe(cause)}. Check that the database server is running and "
+                    "reachable from here, or raise PERSONABOT_DATABASE_CONNECT_ATTEMPTS to "
+                    "wait longer."
+                ) from cause
+            pause = next(pauses)
+            waited += pause
+            log.warning(
+                "The database %s is not reachable yet (%s); attempt %d of %d, retrying in %.1f s.",
+                masked(engine.url),
+                describe(cause),
+                attempt,
+                attempts,
+                pause,
+            )
+            await asyncio.sleep(pause)
 
 
 async def _check_schema(engine: AsyncEngine, *, auto_migrate: bool) -> None:
@@ -196,12 +255,37 @@ async def _check_schema(engine: AsyncEngine, *, auto_migrate: bool) -> None:
             "PERSONABOT_AUTO_MIGRATE=true)."
         )
     try:
-        await migrate.upgrade(engine)
+        async with _sqlite_migration_lock(engine):
+            # Another process may have migrated while this one waited for the lock.
+            if await migrate.current_heads(engine) == (head,):
+                return
+            await migrate.upgrade(engine)
     except (SQLAlchemyError, OSError, CommandError) as exc:
         raise StorageError(
             f"Upgrading the database {where} from schema revision {current} to {head} "
             f"failed: {_cause(exc)}"
         ) from exc
+
+
+@contextlib.asynccontextmanager
+async def _sqlite_migration_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Serialise start-up migrations of one SQLite file across processes (and engines).
+
+    Two bots started together on one database would otherwise both run the first revision,
+    and the second would fail on "table already exists": SQLite's driver runs DDL outside
+    the migration's transaction, so its own locking does not help. An exclusive ``flock``
+    on a file beside the database does; PostgreSQL takes an advisory lock in ``migrate``.
+    """
+    path = sqlite_file(engine.url)
+    if path is None:
+        yield
+        return
+    fd = os.open(path.with_name(path.name + ".migrate-lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _cause(exc: BaseException) -> str:

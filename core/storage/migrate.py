@@ -15,12 +15,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.errors import StorageError
 
 MIGRATIONS_PACKAGE = "migrations"
+# Arbitrary, fixed key of the PostgreSQL advisory lock that serialises migrations when several
+# bot processes (Discord shards, a Telegram process) start against one database at once.
+MIGRATION_LOCK_KEY = 0x70657273  # "pers"
 
 
 def script_location() -> Path:
@@ -69,6 +72,10 @@ async def _run_alembic(engine: AsyncEngine, action: Callable[[Config], None]) ->
     cascade-delete its children's rows. They are switched back on afterwards because the
     connection goes back to the pool. (The pragma is ignored inside a transaction, hence
     the separate statements around the migration's own transaction.)
+
+    On PostgreSQL the transaction first takes an advisory lock, so processes starting
+    together migrate one after the other; Alembic reads the schema revision after the lock
+    is granted, so the later ones find nothing left to do.
     """
     async with engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
@@ -76,6 +83,10 @@ async def _run_alembic(engine: AsyncEngine, action: Callable[[Config], None]) ->
             await _foreign_keys(conn, enabled=False)
         try:
             async with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
                 await conn.run_sync(lambda sync_conn: action(alembic_config(sync_conn)))
         finally:
             if sqlite:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -82,6 +84,9 @@ class Conversation(Base):
     length_preset: Mapped[str] = mapped_column(
         String(16), default="medium", server_default="medium"
     )
+    # Chat frontends answer in group channels only when addressed; an admin can switch a
+    # channel to answering every message (Discord's /chat always). Added in revision 0002.
+    always_answer: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, server_default=func.now()
     )
@@ -100,6 +105,12 @@ class Message(Base):
     __table_args__ = (
         CheckConstraint("role IN ('user', 'assistant')", name="role"),
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        # Revision 0003. reply_to_id: deleting a message makes the database find the replies
+        # pointing at it (ON DELETE SET NULL), a full scan per deleted row without an index,
+        # which turns /reset, /forget and retention into quadratic work on a big table.
+        # created_at: the retention purge's range scan.
+        Index("ix_messages_reply_to_id", "reply_to_id"),
+        Index("ix_messages_created_at", "created_at"),
         {"sqlite_autoincrement": True},
     )
 

@@ -4,25 +4,34 @@ Every method runs in its own short session and transaction: the engine awaits ge
 between storage calls, and holding a transaction (and, on SQLite, a write lock) across that
 would block every other conversation. Nothing returned here is an ORM object, so callers
 cannot trigger lazy loads outside a session.
+
+Every method also rides out a database outage for the database's retry budget (see
+``core.storage.retry``), which is safe because each one is idempotent: reads, updates that
+set a value, deletes, an upsert, and ``add_message``, which checks whether an interrupted
+commit landed before inserting again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from datetime import datetime
+from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from core.errors import StorageError
 from core.storage.database import Database, one_line
 from core.storage.models import Conversation, Message, StoredPersona, utcnow
+from core.storage.retry import describe, is_transient, retrying
 from core.types import Author, ConversationRef, LengthPreset, Mood, MoodResult, StoredMessage
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +42,7 @@ class ConversationState:
     ref: ConversationRef
     persona: str
     length: LengthPreset
+    always_answer: bool = False
 
 
 class ConversationStore:
@@ -52,7 +62,8 @@ class ConversationStore:
         that loses the race on the unique (platform, channel_id) constraint reads the
         winner's row instead of failing.
         """
-        with self._errors("load the conversation"):
+
+        async def attempt() -> ConversationState:
             found = await self._find(ref)
             if found is not None:
                 return found
@@ -72,6 +83,8 @@ class ConversationStore:
                 return found
             return _state(row, ref)
 
+        return await self._run("load the conversation", attempt)
+
     async def set_persona(
         self, ref: ConversationRef, persona: str, *, default_persona: str
     ) -> None:
@@ -86,6 +99,27 @@ class ConversationStore:
             state.id, "change the reply length", length_preset=preset.value
         )
 
+    async def set_always_answer(
+        self, ref: ConversationRef, always: bool, *, default_persona: str
+    ) -> None:
+        state = await self.get_or_create(ref, default_persona=default_persona)
+        await self._update_conversation(
+            state.id, "change when the bot answers", always_answer=always
+        )
+
+    async def always_answer(self, ref: ConversationRef) -> bool:
+        """Whether the bot answers every message here; never creates the conversation.
+
+        Chat frontends ask this for every group message they see, most of them in channels
+        the bot never talks in, which must not each get a conversation row.
+        """
+        found = await self._run("load the conversation", lambda: self._find(ref))
+        return found is not None and found.always_answer
+
+    async def find(self, ref: ConversationRef) -> ConversationState | None:
+        """The conversation's state, or ``None`` if it was never used; never creates it."""
+        return await self._run("load the conversation", lambda: self._find(ref))
+
     async def _find(self, ref: ConversationRef) -> ConversationState | None:
         async with self._db.session() as session:
             row = await session.scalar(
@@ -96,14 +130,19 @@ class ConversationStore:
             )
         return None if row is None else _state(row, ref)
 
-    async def _update_conversation(self, conversation_id: int, action: str, **values: str) -> None:
-        with self._errors(action):
+    async def _update_conversation(
+        self, conversation_id: int, action: str, **values: str | bool
+    ) -> None:
+
+        async def attempt() -> None:
             async with self._db.session() as session, session.begin():
                 await session.execute(
                     update(Conversation)
                     .where(Conversation.id == conversation_id)
                     .values(updated_at=utcnow(), **values)
                 )
+
+        await self._run(action, attempt)
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -118,21 +157,50 @@ class ConversationStore:
         persona: str | None = None,
         reply_to_id: int | None = None,
     ) -> StoredMessage:
-        """Store one message and commit before returning, so a crash right after loses nothing."""
-        row = Message(
-            conversation_id=conversation_id,
-            role=role,
-            author_id=author.id,
-            author_name=author.display_name,
-            text=text,
-            mood=None if mood is None else mood.mood.value,
-            mood_confidence=None if mood is None else mood.confidence,
-            persona=persona,
-            reply_to_id=reply_to_id,
-        )
-        with self._errors("store the message"):
+        """Store one message and commit before returning, so a crash right after loses nothing.
+
+        Exactly once, even across a lost connection: the row's id is known (flushed) before
+        the commit, so when the connection drops during the commit a retry first looks for
+        that id, and inserts again only if the commit did not land. (Ids are never handed
+        out twice by PostgreSQL's sequences; the content is compared too, for SQLite.)
+        """
+        pending: list[int] = []
+
+        async def attempt() -> StoredMessage:
+            if pending:
+                landed = await self._message_if_stored(pending[-1], conversation_id, text)
+                if landed is not None:
+                    return landed
+            row = Message(
+                conversation_id=conversation_id,
+                role=role,
+                author_id=author.id,
+                author_name=author.display_name,
+                text=text,
+                mood=None if mood is None else mood.mood.value,
+                mood_confidence=None if mood is None else mood.confidence,
+                persona=persona,
+                reply_to_id=reply_to_id,
+            )
             async with self._db.session() as session, session.begin():
                 session.add(row)
+                await session.flush()
+                pending.append(row.id)
+            return _stored(row)
+
+        return await self._run("store the message", attempt)
+
+    async def _message_if_stored(
+        self, message_id: int, conversation_id: int, text: str
+    ) -> StoredMessage | None:
+        async with self._db.session() as session:
+            row = await session.get(Message, message_id)
+        if row is None or row.conversation_id != conversation_id or row.text != text:
+            return None
+        log.info(
+            "Message %d was committed before the connection dropped; not storing it again.",
+            message_id,
+        )
         return _stored(row)
 
     async def history(
@@ -153,29 +221,91 @@ class ConversationStore:
         if up_to_id is not None:
             query = query.where(thread <= up_to_id)
         query = query.order_by(thread.desc(), Message.id.desc()).limit(limit)
-        with self._errors("read the conversation history"):
+
+        async def attempt() -> list[StoredMessage]:
             async with self._db.session() as session:
                 rows = (await session.scalars(query)).all()
-        return [_stored(row) for row in reversed(rows)]
+            return [_stored(row) for row in reversed(rows)]
+
+        return await self._run("read the conversation history", attempt)
 
     async def clear_history(self, conversation_id: int) -> int:
         """Delete the conversation's messages (not its settings); returns how many."""
-        with self._errors("clear the conversation history"):
+
+        async def attempt() -> int:
             async with self._db.session() as session, session.begin():
                 result = await session.execute(
                     delete(Message).where(Message.conversation_id == conversation_id)
                 )
-        return _rowcount(result)
+            return _rowcount(result)
+
+        return await self._run("clear the conversation history", attempt)
+
+    async def forget_author(
+        self,
+        author_id: str,
+        *,
+        conversation_id: int | None = None,
+        platform: str | None = None,
+    ) -> int:
+        """Delete one person's messages, and the replies to them; returns how many rows.
+
+        Scoped to one conversation, or to every conversation of one platform (user ids are
+        only unique per platform). Other people's messages in a group stay; replies go too
+        because they were written from, and often repeat, what the person said.
+        """
+        if (conversation_id is None) == (platform is None):
+            raise ValueError("give exactly one of conversation_id and platform")
+        scope = (
+            Message.conversation_id == conversation_id
+            if conversation_id is not None
+            else Message.conversation_id.in_(
+                select(Conversation.id).where(Conversation.platform == platform)
+            )
+        )
+        theirs = select(Message.id).where(
+            scope, Message.author_id == author_id, Message.role == "user"
+        )
+
+        async def attempt() -> int:
+            async with self._db.session() as session, session.begin():
+                replies = await session.execute(
+                    delete(Message).where(Message.reply_to_id.in_(theirs))
+                )
+                own = await session.execute(delete(Message).where(Message.id.in_(theirs)))
+            return _rowcount(replies) + _rowcount(own)
+
+        return await self._run("forget your messages", attempt)
+
+    async def purge_before(self, cutoff: datetime) -> int:
+        """Delete every message older than ``cutoff``, with any reply to one; returns how many.
+
+        Conversation settings (persona, length) stay: they are not history.
+        """
+        old = select(Message.id).where(Message.created_at < cutoff)
+
+        async def attempt() -> int:
+            async with self._db.session() as session, session.begin():
+                result = await session.execute(
+                    delete(Message).where(
+                        or_(Message.created_at < cutoff, Message.reply_to_id.in_(old))
+                    )
+                )
+            return _rowcount(result)
+
+        return await self._run("delete expired history", attempt)
 
     async def message_count(self, conversation_id: int) -> int:
-        with self._errors("count the conversation's messages"):
+        async def attempt() -> int:
             async with self._db.session() as session:
                 count = await session.scalar(
                     select(func.count())
                     .select_from(Message)
                     .where(Message.conversation_id == conversation_id)
                 )
-        return int(count or 0)
+            return int(count or 0)
+
+        return await self._run("count the conversation's messages", attempt)
 
     # -- custom personas ----------------------------------------------------------------------
 
@@ -185,11 +315,14 @@ class ConversationStore:
         ``created_by`` is kept from the first save: it records who made the persona. A
         concurrent first save of the same name is retried once as an update.
         """
-        with self._errors(f"save the persona {name!r}"):
+
+        async def attempt() -> None:
             try:
                 await self._upsert_persona(name, definition, created_by)
             except IntegrityError:
                 await self._upsert_persona(name, definition, created_by)
+
+        await self._run(f"save the persona {name!r}", attempt)
 
     async def _upsert_persona(self, name: str, definition: str, created_by: str | None) -> None:
         async with self._db.session() as session, session.begin():
@@ -202,7 +335,8 @@ class ConversationStore:
 
     async def list_personas(self) -> list[tuple[str, str]]:
         """Every stored persona as (name, definition JSON), by name."""
-        with self._errors("load the custom personas"):
+
+        async def attempt() -> list[tuple[str, str]]:
             async with self._db.session() as session:
                 result = await session.execute(
                     select(StoredPersona.name, StoredPersona.definition).order_by(
@@ -211,24 +345,37 @@ class ConversationStore:
                 )
                 return [(name, definition) for name, definition in result]
 
+        return await self._run("load the custom personas", attempt)
+
     async def delete_persona(self, name: str) -> bool:
         """Remove a stored persona; ``False`` when there was none by that name."""
-        with self._errors(f"delete the persona {name!r}"):
+
+        async def attempt() -> bool:
             async with self._db.session() as session, session.begin():
                 result = await session.execute(
                     delete(StoredPersona).where(StoredPersona.name == name)
                 )
-        return _rowcount(result) > 0
+            return _rowcount(result) > 0
+
+        return await self._run(f"delete the persona {name!r}", attempt)
 
     # -- errors -------------------------------------------------------------------------------
 
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        """Turn driver errors into a StorageError an operator can read and act on."""
+    async def _run(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run with the database's outage retries; failures become a readable StorageError."""
         try:
-            yield
+            return await retrying(
+                operation, policy=self._db.retry, action=action, where=self._db.url
+            )
         except DBAPIError as exc:
             raise StorageError(_describe(action, self._db.url, exc)) from exc
+        except (OSError, PoolTimeoutError) as exc:
+            if not is_transient(exc):
+                raise
+            raise StorageError(
+                f"Could not {action}: the database {self._db.url} is unreachable "
+                f"({describe(exc)}). Please try again in a moment."
+            ) from exc
 
 
 def _describe(action: str, where: str, exc: DBAPIError) -> str:
@@ -243,6 +390,8 @@ def _describe(action: str, where: str, exc: DBAPIError) -> str:
         )
     elif "disk" in lowered and "full" in lowered:
         hint = " The disk holding the database is full; free some space."
+    elif is_transient(exc):
+        hint = " The database is unreachable at the moment; please try again shortly."
     else:
         hint = ""
     return f"Could not {action} in the database {where}: {cause}.{hint}"
@@ -260,7 +409,13 @@ def _state(row: Conversation, ref: ConversationRef) -> ConversationState:
             "Conversation %s has unknown length %r; using medium.", ref.key(), row.length_preset
         )
         length = LengthPreset.MEDIUM
-    return ConversationState(id=row.id, ref=ref, persona=row.persona, length=length)
+    return ConversationState(
+        id=row.id,
+        ref=ref,
+        persona=row.persona,
+        length=length,
+        always_answer=bool(row.always_answer),
+    )
 
 
 def _stored(row: Message) -> StoredMessage:

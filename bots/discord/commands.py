@@ -1,0 +1,319 @@
+"""The slash commands: /persona, /reset, /mood, /length, /chat and /help.
+
+They are discord.py ``app_commands``, registered with Discord at start-up (see
+:func:`bots.discord.app.sync_commands`). Answers that only concern the caller (lists, help,
+refusals, errors, moods) are ephemeral; changes that affect everyone in the channel
+(persona, length, reset, answer mode) are posted for everyone to see.
+
+Who may do what is checked here at run time, not only by Discord's command permissions:
+Discord can hide a top-level command from members without a permission, but not a
+subcommand such as ``/persona create``, and server admins can change those defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import discord
+from discord import app_commands
+
+from bots.discord.handlers import conversation_of
+from bots.discord.sending import NO_MENTIONS, split_reply
+from core.engine import Engine
+from core.errors import PersonabotError
+from core.personas import persona_from_mapping
+from core.types import MoodResult
+
+__all__ = ["COMMANDS", "CommandTree", "Refused", "register_commands", "respond"]
+
+log = logging.getLogger(__name__)
+
+Interaction = discord.Interaction[discord.Client]
+
+#: What /help lists, in this order.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("/persona set <name>", "switch this channel's persona"),
+    ("/persona list", "list the personas"),
+    ("/persona show", "the persona, reply length and answer mode here"),
+    ("/persona create", "write a new persona (Manage Server)"),
+    ("/persona delete <name>", "delete a persona made with /persona create (Manage Server)"),
+    ("/reset", "forget this channel's conversation (Manage Messages in servers)"),
+    ("/mood [text]", "the mood of a text, or of your last message here"),
+    ("/length <short|medium|long>", "how long my replies are here"),
+    ("/chat <always|mention>", "answer every message here, or only when spoken to (Manage Server)"),
+    ("/help", "this help"),
+)
+
+#: How long a /persona create form may stay open before its answer is no longer accepted.
+FORM_TIMEOUT_SECONDS = 15 * 60
+
+#: Discord shows at most 25 autocomplete suggestions.
+_MAX_CHOICES = 25
+
+
+class Refused(app_commands.CheckFailure):
+    """A permission check failed; the message says which permission is missing."""
+
+
+class CommandTree(app_commands.CommandTree[discord.Client]):
+    """Turns every command failure into a short private answer instead of a silent error."""
+
+    async def on_error(self, interaction: Interaction, error: app_commands.AppCommandError) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(error, Refused):
+            text = str(error)
+        elif isinstance(original, PersonabotError):
+            text = str(original)
+        elif isinstance(error, app_commands.CommandNotFound):
+            text = "I don't know that command (any more). Try /help."
+        elif isinstance(error, app_commands.CheckFailure):
+            text = "You can't use this command here."
+        else:
+            log.error("Discord command failed: %s", error, exc_info=original)
+            text = "Sorry, something went wrong on my side. Please try again in a moment."
+        await respond(interaction, text, ephemeral=True)
+
+
+async def respond(interaction: Interaction, text: str, *, ephemeral: bool) -> None:
+    """Answer an interaction with any length of text, pinging nobody; never raises.
+
+    The first part is the interaction's response (or a follow-up if it was deferred or
+    already answered); longer texts continue as follow-ups.
+    """
+    try:
+        for index, chunk in enumerate(split_reply(text)):
+            if index == 0 and not interaction.response.is_done():
+                await interaction.response.send_message(
+                    chunk, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS
+                )
+            else:
+                await interaction.followup.send(
+                    chunk, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS
+                )
+    except discord.NotFound as exc:  # the interaction expired (3 s to answer, 15 min after)
+        log.warning("Could not answer a Discord command in time: %s", exc)
+    except (discord.HTTPException, discord.ClientException) as exc:
+        log.error("Could not answer a Discord command: %s", exc)
+
+
+def needs(permission: str, label: str, *, in_dms: bool) -> Callable[[Interaction], bool]:
+    """A check: in a server the caller needs ``permission``; in DMs ``in_dms`` decides."""
+
+    def check(interaction: Interaction) -> bool:
+        if interaction.guild is None:
+            if in_dms:
+                return True
+            raise Refused("This command works in servers only.")
+        granted = interaction.permissions
+        if granted.administrator or getattr(granted, permission):
+            return True
+        raise Refused(f"Only members with the {label} permission can use this command here.")
+
+    return check
+
+
+def _mood_label(mood: MoodResult) -> str:
+    return f"{mood.mood.value} ({mood.confidence:.0%})"
+
+
+def help_text() -> str:
+    lines = [
+        "Talk to me in a DM, or in a server by mentioning me or replying to one of my "
+        "messages (or everywhere in a channel switched to /chat always). Each channel and "
+        "thread is its own conversation.",
+        "",
+        *(f"`{usage}`: {about}" for usage, about in COMMANDS),
+    ]
+    return "\n".join(lines)
+
+
+class PersonaModal(discord.ui.Modal, title="Create a persona"):
+    """The form behind /persona create: a persona's name, looks and instructions."""
+
+    name: discord.ui.TextInput[PersonaModal] = discord.ui.TextInput(
+        label="Name (lowercase, used in /persona set)",
+        placeholder="chef",
+        min_length=1,
+        max_length=32,
+    )
+    display_name: discord.ui.TextInput[PersonaModal] = discord.ui.TextInput(
+        label="Display name", placeholder="Chef", required=False, max_length=64
+    )
+    description: discord.ui.TextInput[PersonaModal] = discord.ui.TextInput(
+        label="One-line description",
+        placeholder="A passionate chef who relates everything to food.",
+        required=False,
+        max_length=200,
+    )
+    system_prompt: discord.ui.TextInput[PersonaModal] = discord.ui.TextInput(
+        label="Instructions: who is this persona?",
+        style=discord.TextStyle.paragraph,
+        placeholder="You are a passionate chef. You answer warmly and relate everything...",
+        min_length=1,
+        max_length=2000,
+    )
+
+    def __init__(self, engine: Engine) -> None:
+        # A form left open longer is forgotten, so abandoned forms do not pile up in memory.
+        super().__init__(timeout=FORM_TIMEOUT_SECONDS)
+        self._engine = engine
+
+    async def on_submit(self, interaction: Interaction) -> None:
+        values = {
+            "name": self.name.value,
+            "display_name": self.display_name.value,
+            "description": self.description.value,
+            "system_prompt": self.system_prompt.value,
+        }
+        try:
+            persona = persona_from_mapping(values, source="New persona")
+            if persona.name in {p.name for p in self._engine.personas()}:
+                raise PersonabotError(
+                    f"A persona named {persona.name!r} exists already; pick another name "
+                    "(or /persona delete it first, if it was made with /persona create)."
+                )
+            await self._engine.create_persona(persona, created_by=f"discord:{interaction.user.id}")
+        except PersonabotError as exc:
+            await respond(interaction, str(exc), ephemeral=True)
+            return
+        await respond(
+            interaction,
+            f"Created the persona {persona.display_name} ({persona.name}). Switch to it with "
+            f"/persona set {persona.name}.",
+            ephemeral=False,
+        )
+
+    async def on_error(self, interaction: Interaction, error: Exception) -> None:  # type: ignore[override]
+        log.error("Creating a persona failed: %s", error, exc_info=error)
+        await respond(interaction, "Sorry, the persona could not be created.", ephemeral=True)
+
+
+def register_commands(tree: CommandTree, engine: Engine) -> None:
+    """Add every command to ``tree``; nothing is sent to Discord until it is synced."""
+    persona = app_commands.Group(name="persona", description="Who I am in this channel")
+
+    async def persona_names(
+        interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        typed = current.strip().lower()
+        return [
+            app_commands.Choice(name=f"{p.display_name} ({p.name})"[:100], value=p.name)
+            for p in engine.personas()
+            if typed in p.name or typed in p.display_name.lower()
+        ][:_MAX_CHOICES]
+
+    @persona.command(name="set", description="Switch this channel's persona")
+    @app_commands.describe(name="The persona to switch to")
+    @app_commands.autocomplete(name=persona_names)
+    async def persona_set(interaction: Interaction, name: str) -> None:
+        chosen = await engine.set_persona(conversation_of(_channel(interaction)), name)
+        await respond(
+            interaction,
+            f"Persona set to {chosen.display_name} ({chosen.name}): {chosen.description}",
+            ephemeral=False,
+        )
+
+    @persona.command(name="list", description="List the personas")
+    async def persona_list(interaction: Interaction) -> None:
+        current = (await engine.persona(conversation_of(_channel(interaction)))).name
+        lines = [
+            f"{'▶' if p.name == current else '•'} **{p.name}** ({p.display_name}): {p.description}"
+            for p in engine.personas()
+        ]
+        await respond(interaction, "\n".join(lines), ephemeral=True)
+
+    @persona.command(name="show", description="The persona, reply length and answer mode here")
+    async def persona_show(interaction: Interaction) -> None:
+        here = conversation_of(_channel(interaction))
+        current = await engine.persona(here)
+        length = await engine.length(here)
+        if interaction.guild is None:
+            mode = "I answer every message in this DM."
+        elif await engine.always_answer(here):
+            mode = "I answer every message in this channel."
+        else:
+            mode = "I answer here when mentioned or replied to."
+        await respond(
+            interaction,
+            f"Persona: {current.display_name} ({current.name}): {current.description}\n"
+            f"Reply length: {length.value}. {mode}",
+            ephemeral=True,
+        )
+
+    @persona.command(name="create", description="Write a new persona (needs Manage Server)")
+    @app_commands.check(needs("manage_guild", "Manage Server", in_dms=False))
+    async def persona_create(interaction: Interaction) -> None:
+        await interaction.response.send_modal(PersonaModal(engine))
+
+    @persona.command(name="delete", description="Delete a user-made persona (needs Manage Server)")
+    @app_commands.describe(name="The persona to delete")
+    @app_commands.autocomplete(name=persona_names)
+    @app_commands.check(needs("manage_guild", "Manage Server", in_dms=False))
+    async def persona_delete(interaction: Interaction, name: str) -> None:
+        removed = await engine.delete_persona(name)
+        text = f"Deleted the persona {name}." if removed else f"There is no persona {name}."
+        await respond(interaction, text, ephemeral=not removed)
+
+    tree.add_command(persona)
+
+    @tree.command(name="reset", description="Forget this channel's conversation")
+    @app_commands.default_permissions(manage_messages=True)
+    @app_commands.check(needs("manage_messages", "Manage Messages", in_dms=True))
+    async def reset(interaction: Interaction) -> None:
+        count = await engine.reset(conversation_of(_channel(interaction)))
+        await respond(
+            interaction, f"Conversation reset ({count} messages forgotten).", ephemeral=False
+        )
+
+    @tree.command(name="mood", description="The mood of a text, or of your last message here")
+    @app_commands.describe(text="Any text; leave it out for your last message here")
+    async def mood(interaction: Interaction, text: str | None = None) -> None:
+        # The first use may load the mood model: take longer than Discord's 3 s to answer.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if text and text.strip():
+            answer = f"Mood: {_mood_label(await engine.detect_mood(text))}"
+        else:
+            answer = "No message from you here yet. Use /mood text: to test a sentence."
+            history = await engine.history(conversation_of(_channel(interaction)), limit=50)
+            for stored in reversed(history):
+                if stored.role == "user" and stored.author_id == str(interaction.user.id):
+                    if stored.mood is not None:
+                        answer = f"Mood of your last message: {stored.mood.value}"
+                    break
+        await respond(interaction, answer, ephemeral=True)
+
+    @tree.command(name="length", description="How long my replies are in this channel")
+    @app_commands.describe(preset="short, medium or long")
+    async def length(interaction: Interaction, preset: Literal["short", "medium", "long"]) -> None:
+        chosen = await engine.set_length(conversation_of(_channel(interaction)), preset)
+        await respond(interaction, f"Reply length set to {chosen.value}.", ephemeral=False)
+
+    @tree.command(name="chat", description="Answer every message here, or only when spoken to")
+    @app_commands.describe(mode="always: every message; mention: when mentioned or replied to")
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.check(needs("manage_guild", "Manage Server", in_dms=False))
+    async def chat(interaction: Interaction, mode: Literal["always", "mention"]) -> None:
+        always = mode == "always"
+        await engine.set_always_answer(conversation_of(_channel(interaction)), always)
+        text = (
+            "I'll answer every message in this channel now."
+            if always
+            else "I'll answer here only when mentioned or replied to."
+        )
+        await respond(interaction, text, ephemeral=False)
+
+    @tree.command(name="help", description="How to talk to me, and the commands")
+    async def help_command(interaction: Interaction) -> None:
+        await respond(interaction, help_text(), ephemeral=True)
+
+
+def _channel(interaction: Interaction) -> discord.abc.Snowflake:
+    """Where the command was used; every interaction from a channel carries it."""
+    if interaction.channel is not None:
+        return interaction.channel
+    if interaction.channel_id is not None:
+        return discord.Object(interaction.channel_id)
+    raise PersonabotError("This command needs to be used in a channel.")
