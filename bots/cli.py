@@ -12,8 +12,10 @@ from typing import Annotated
 
 import typer
 
+from bots.cli_chat_import import import_chat
 from bots.cli_common import ConfigOption, ProfileOption, run_command, settings_or_exit
 from bots.cli_mood import register_mood_commands
+from bots.cli_persona import persona_app
 from bots.cli_training import register_training_commands
 from core.settings import Settings
 
@@ -126,11 +128,11 @@ def personas(config: ConfigOption = None) -> None:
     settings = settings_or_exit(config)
 
     async def _list() -> int:
-        from core.personas import PersonaCatalog, load_builtin_personas, load_persona_dir
+        from bots.cli_persona import open_store
+        from core.bootstrap import load_personas
 
-        catalog = PersonaCatalog(
-            [*load_builtin_personas(), *load_persona_dir(settings.resolved_persona_dir)]
-        )
+        async with open_store(settings) as store:
+            catalog = await load_personas(settings, store)
         for persona in catalog.all():
             default = " (default)" if persona.name == settings.default_persona else ""
             typer.echo(f"{persona.name:<10} {persona.display_name}{default}: {persona.description}")
@@ -200,6 +202,8 @@ async def _migrate(settings: Settings, action: str, revision: str) -> int:
 
 register_mood_commands(app)
 register_training_commands(app)
+app.command("import-chat")(import_chat)
+app.add_typer(persona_app, name="persona")
 
 
 def main() -> None:

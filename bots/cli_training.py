@@ -93,8 +93,8 @@ def train(
         Path,
         typer.Option(
             help="DailyDialog (a folder holding train.zip and validation.zip, their extracted "
-            "files, or one split's .zip), or your own Alpaca-style .json/.jsonl file "
-            "(instruction, input, output)."
+            "files, or one split's .zip), your own Alpaca-style .json/.jsonl file "
+            "(instruction, input, output), or a chat dataset written by import-chat."
         ),
     ],
     output: Annotated[
@@ -112,7 +112,10 @@ def train(
         ),
     ] = None,
     data_format: Annotated[
-        str, typer.Option("--format", help="auto, dailydialog or alpaca (auto: by file name).")
+        str,
+        typer.Option(
+            "--format", help="auto, dailydialog, alpaca or chat (auto: by file name and content)."
+        ),
     ] = "auto",
     eval_data: Annotated[
         Path | None,
@@ -229,7 +232,7 @@ def train(
         _fail(str(exc))
     if output is None:
         output = default_adapter_dir(settings, profile_name)
-        if kind == "alpaca":
+        if kind != "dailydialog":
             output = output.with_name(f"{profile_name}-{data.stem}")
     if output.resolve().is_relative_to(SHIPPED_ADAPTERS.resolve()):
         _fail(
@@ -303,7 +306,7 @@ def evaluate(
         typer.Option(help="Local model folder, Hub id or .gguf file replacing the profile's."),
     ] = None,
     data_format: Annotated[
-        str, typer.Option("--format", help="auto, dailydialog or alpaca.")
+        str, typer.Option("--format", help="auto, dailydialog, alpaca or chat.")
     ] = "auto",
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     max_examples: Annotated[

@@ -125,8 +125,12 @@ async def serve(
             asyncio.create_task(frontend_runner(name)(engine, settings, stop, announce), name=name)
             for name in names
         ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        stop.set()  # one ended, by signal or failure: stop the others too
+        # Until a stop signal, or until one frontend ends (a failure): the shutdown timeout
+        # below counts from that moment, not from when a frontend has finished stopping.
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        stop.set()  # stop the others too
         # Frontends finish the replies they are writing; one that is still busy after the
         # shutdown timeout is cancelled, so a stop always ends (the messages are stored).
         _, late = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_seconds)

@@ -93,7 +93,8 @@ async def build_engine(settings: Settings, *, generator: Generator | None = None
         personas = await load_personas(settings, store)
         mood_detector = create_mood_detector(settings.mood_detector)
         if generator is None:
-            generator = await create_generator(settings)
+            adapters = any(persona.adapter for persona in personas.all())
+            generator = await create_generator(settings, persona_adapters=adapters)
     except BaseException:
         await database.close()
         raise

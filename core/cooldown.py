@@ -1,4 +1,4 @@
-"""Per-user cooldowns: one person cannot keep the model busy for everyone else.
+"""Per-user and per-conversation cooldowns: nobody can keep the model busy for everyone else.
 
 Generation is the expensive, shared resource (one model, often one CPU or GPU), so a
 frontend asks :class:`Cooldown` before handing a message to the engine. A refused message
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Cooldown", "CooldownCheck"]
+__all__ = ["Cooldown", "CooldownCheck", "RateDecision", "RateLimits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +87,63 @@ class Cooldown:
 
     def __len__(self) -> int:
         return len(self._last)
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """Whether a message may go to the model, and what to tell its author if not.
+
+    ``notice`` is the polite "slow down" text, set only for the first refusal of a streak
+    (once per window), so the frontend never answers a flood with a flood.
+    """
+
+    allowed: bool
+    scope: str | None = None
+    """``"user"`` or ``"conversation"``: which limit refused the message."""
+    notice: str | None = None
+
+
+class RateLimits:
+    """The two limits every chat frontend puts in front of the model.
+
+    One per user (a person writing fast anywhere) and one per conversation (a busy group
+    channel, whoever writes). A message must pass both; the user's cooldown is only taken
+    once the conversation's has accepted, so a message refused for the channel's sake does
+    not also cost its author their next turn. ``0`` seconds turns a limit off.
+    """
+
+    def __init__(
+        self,
+        *,
+        user_seconds: float,
+        conversation_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._users = Cooldown(user_seconds, clock=clock)
+        self._conversations = Cooldown(conversation_seconds, clock=clock)
+
+    def check(self, user: str, conversation: str) -> RateDecision:
+        if self._users.ready(user):
+            by_conversation = self._conversations.check(conversation)
+            if by_conversation.allowed:
+                self._users.check(user)
+                return RateDecision(allowed=True)
+            notice = None
+            if by_conversation.notify:
+                notice = (
+                    "Lots of messages here at once, so I skipped that one. Please send it "
+                    f"again in {_seconds(by_conversation.retry_after)} s."
+                )
+            return RateDecision(False, "conversation", notice)
+        by_user = self._users.check(user)
+        notice = None
+        if by_user.notify:
+            notice = (
+                "You're writing faster than I can answer, so I skipped that message. "
+                f"Send it again in {_seconds(by_user.retry_after)} s."
+            )
+        return RateDecision(False, "user", notice)
+
+
+def _seconds(retry_after: float) -> int:
+    return max(1, round(retry_after))

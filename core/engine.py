@@ -13,7 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from core.errors import GenerationError, InputError, PersonabotError, StorageError
+from core.errors import (
+    GenerationError,
+    GeneratorBusyError,
+    InputError,
+    PersonabotError,
+    StorageError,
+)
 from core.generation.base import Generator
 from core.generation.profiles import prompt_budget
 from core.mood import MoodDetector
@@ -24,6 +30,7 @@ from core.prompting import Prompt, PromptBuilder
 from core.settings import Settings
 from core.storage import ConversationState, ConversationStore, Database
 from core.text import (
+    clean_display_name,
     clean_model_output,
     clean_user_text,
     speaker_stop_strings,
@@ -49,10 +56,11 @@ UNSURE = MoodResult(Mood.NO_EMOTION, 0.0)
 #: writes it (see :meth:`Engine.reply`); chat frontends use it to show a reply growing.
 PartialReply = Callable[[str], None]
 
-#: A streamed reply's token count is measured by re-tokenising its text, which can differ
-#: from the decoded tokens by a token or two; a reply this close to its budget is treated as
-#: cut off by it.
-_STREAM_BUDGET_SLACK = 2
+#: A streamed reply's token count is measured by re-tokenising its text, which can fall
+#: several tokens short of what was decoded (whitespace and merges the decoder dropped); a
+#: reply within this fraction of its budget is treated as cut off by it. Trimming a reply
+#: that did finish costs nothing: it already ends on a sentence.
+_STREAM_BUDGET_SLACK_FRACTION = 0.125
 
 #: What the user is told when the model fails mid-reply; the details go to the log.
 APOLOGY = "Sorry, something went wrong while I was writing that reply. Please try again."
@@ -60,6 +68,8 @@ APOLOGY_OUT_OF_MEMORY = (
     "Sorry, I ran out of memory while writing that reply. Please try again, perhaps with a "
     "shorter message."
 )
+#: What the user is told when too many replies are already waiting for the model.
+BUSY = "Sorry, I'm answering a lot of messages right now. Please try again in a moment."
 
 #: How often expired history is deleted while running (besides once at start-up).
 RETENTION_INTERVAL_SECONDS = 3600.0
@@ -184,6 +194,7 @@ class Engine:
         the callback saw.
         """
         text = clean_user_text(text, max_chars=self._settings.max_message_chars)
+        author = dataclasses.replace(author, display_name=clean_display_name(author.display_name))
         # Two queues, both joined before any await: messages are stored in arrival order, and
         # answered in arrival order, while storing never waits for a slow generation.
         arrival = self._arrivals.join(conversation.key())
@@ -253,6 +264,9 @@ class Engine:
             f"conversation {state.ref.key()}, message {current.id}, persona {persona.name}, "
             f"prompt {prompt.tokens} tokens, {prompt.history_used} history messages"
         )
+        if isinstance(exc, GeneratorBusyError):  # back-pressure, not a fault: no traceback
+            log.warning("No reply, the model is busy (%s): %s", context, exc)
+            return GeneratorBusyError(BUSY)
         if isinstance(exc, GenerationError) and exc.__cause__ is None:
             log.warning("No reply (%s): %s", context, exc)
             return exc
@@ -317,7 +331,7 @@ class Engine:
             id=0,
             role="user",
             author_id=author.id,
-            author_name=author.display_name,
+            author_name=clean_display_name(author.display_name),
             text=text,
             mood=mood.mood,
             persona=persona.name,
@@ -448,7 +462,18 @@ class Engine:
         return (await self._state(conversation)).length
 
     async def create_persona(self, persona: Persona, created_by: str | None = None) -> None:
-        """Store a user-made persona so it survives restarts, and serve it at once."""
+        """Store a user-made persona so it survives restarts, and serve it at once.
+
+        At most PERSONABOT_MAX_USER_PERSONAS of them: every one is listed, suggested and
+        kept in memory in every server, so creating them must not be a way to flood the bot.
+        """
+        limit = self._settings.max_user_personas
+        made = [n for n in self._personas.names() if self._personas.is_user_defined(n)]
+        if persona.name not in made and len(made) >= limit:
+            raise InputError(
+                f"There are already {len(made)} user-made personas, the most allowed "
+                f"(PERSONABOT_MAX_USER_PERSONAS={limit}). Delete one first."
+            )
         await self._store.save_persona(persona.name, persona.to_json(), created_by)
         self._personas.add(persona)
 
@@ -573,7 +598,8 @@ class Engine:
         for attempt in range(2):
             if on_partial is not None and attempt == 0:
                 raw, completion_tokens = await self._stream(prompt, params, on_partial, tidy)
-                budget = params.max_new_tokens - _STREAM_BUDGET_SLACK
+                slack = max(2, round(params.max_new_tokens * _STREAM_BUDGET_SLACK_FRACTION))
+                budget = params.max_new_tokens - slack
             else:  # a second attempt is not streamed: the frontend shows its result at once
                 generation = await self._generator.generate(prompt.messages, params)
                 raw, completion_tokens = generation.text, generation.completion_tokens
@@ -631,6 +657,8 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 def _error_kind(exc: BaseException) -> str:
     """The ``kind`` label of the errors metric and the reply_failed event."""
+    if isinstance(exc, GeneratorBusyError):
+        return "busy"
     if isinstance(exc, GenerationError):
         return "generation"
     if isinstance(exc, StorageError):

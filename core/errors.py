@@ -36,5 +36,14 @@ class GenerationError(PersonabotError):
     """The generator failed while producing a reply."""
 
 
+class GeneratorBusyError(GenerationError):
+    """Too many replies are already waiting for the model; this one was refused at once.
+
+    Back-pressure rather than unbounded latency: a busy bot says "try again in a moment"
+    straight away instead of answering minutes later. Nothing was generated, so trying
+    again is always safe.
+    """
+
+
 class StorageError(PersonabotError):
     """The database cannot be opened, migrated or written."""

@@ -61,7 +61,7 @@ class Metrics:
         )
         self.errors = Counter(
             "personabot_errors",
-            "Failed replies by kind (generation, storage, input, other).",
+            "Failed replies by kind (generation, busy, storage, input, other).",
             ["kind"],
             registry=self.registry,
         )

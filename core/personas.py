@@ -126,6 +126,13 @@ class Persona(BaseModel):
     top_k: int = Field(default=50, ge=0, le=1000)
     repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
     max_new_tokens: int = Field(default=200, ge=1, le=MAX_NEW_TOKENS_CEILING)
+    adapter: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="Folder of this persona's own LoRA adapter (e.g. one trained on a chat "
+        "export); unset: the profile's default adapter.",
+    )
 
     @field_validator("name", mode="before")
     @classmethod
@@ -187,6 +194,7 @@ class Persona(BaseModel):
             top_k=self.top_k,
             repetition_penalty=self.repetition_penalty,
             max_new_tokens=budget,
+            adapter=self.adapter,
         )
 
     def mood_guidance(self, mood: Mood) -> str | None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from core.personas import LENGTH_INSTRUCTIONS, Persona
+from core.text import defuse_special_tokens
 from core.types import ChatMessage, LengthPreset, Mood, MoodResult, StoredMessage
 
 TokenCounter = Callable[[Sequence[ChatMessage]], int]
@@ -71,14 +72,16 @@ def system_prompt(
         if neutral:
             parts.append(neutral)
     parts.append(LENGTH_INSTRUCTIONS[length])
-    return "\n\n".join(parts)
+    # A persona made with /persona create is user text too.
+    return defuse_special_tokens("\n\n".join(parts))
 
 
 def _as_chat(message: StoredMessage, multi_party: bool) -> ChatMessage:
+    """One stored message as a chat turn whose text cannot break out of its turn."""
     if message.role == "assistant":
-        return ChatMessage("assistant", message.text)
+        return ChatMessage("assistant", defuse_special_tokens(message.text))
     content = f"{message.author_name}: {message.text}" if multi_party else message.text
-    return ChatMessage("user", content)
+    return ChatMessage("user", defuse_special_tokens(content))
 
 
 @dataclass(frozen=True, slots=True)

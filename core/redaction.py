@@ -7,8 +7,9 @@ library logs its request line at DEBUG. So instead of trusting every log call, e
 record is scrubbed when it is created, whatever logger or handler it goes to:
 
 * the configured secrets (``DISCORD_TOKEN``, ``TELEGRAM_TOKEN``, the webhook secret, the
-  password in ``PERSONABOT_DATABASE_URL``) are replaced by ``***`` wherever they appear,
-  in the message, its arguments and the rendered traceback;
+  generation server's API key, the password in ``PERSONABOT_DATABASE_URL``) are replaced
+  by ``***`` wherever they appear, in the message, its arguments and the rendered
+  traceback;
 * passwords in any ``scheme://user:password@host`` URL, and anything shaped like a Telegram
   bot token, are masked even when they are not configured ones (another bot's token pasted
   into a chat, a URL from a library).
@@ -51,13 +52,14 @@ def redact(text: str) -> str:
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret value in the settings: tokens, the webhook secret, the DB password."""
+    """Every secret value in the settings: tokens, the webhook secret, API key, DB password."""
     found = [
         secret.get_secret_value()
         for secret in (
             settings.discord_token,
             settings.telegram_token,
             settings.telegram_webhook_secret,
+            settings.openai_api_key,
         )
         if secret is not None
     ]

@@ -27,8 +27,9 @@ ENV_PREFIX = "PERSONABOT_"
 
 ModelProfileName = Literal["auto", "mistral-7b", "smollm2-135m"]
 MoodDetectorName = Literal["lexicon", "classifier", "tfidf", "text2emotion"]
-GeneratorBackendName = Literal["transformers"]
+GeneratorBackendName = Literal["transformers", "openai"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+QuantizationName = Literal["auto", "nf4", "int4", "none"]
 
 # What Telegram accepts as a webhook's secret_token.
 _WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -128,11 +129,76 @@ class Settings(BaseSettings):
     )
     load_in_4bit: bool | None = Field(
         default=None,
-        description="Force bitsandbytes NF4 on or off (default: the profile's choice).",
+        description="Force bitsandbytes NF4 on or off (default: the profile's choice); "
+        "an older spelling of quantization='nf4' / 'none'.",
+    )
+    quantization: QuantizationName = Field(
+        default="auto",
+        description="Weight format: 'nf4' (bitsandbytes 4-bit), 'int4' (torchao 4-bit, "
+        "CUDA only, fastest), 'none' (bf16 on a GPU) or 'auto': int4 for mistral-7b where "
+        "CUDA and torchao are available, else nf4; none for smollm2-135m.",
+    )
+    compile: bool | None = Field(
+        default=None,
+        description="Decode with a static KV cache and torch.compile (CUDA graphs); CUDA only. "
+        "Default: on for int4 and bf16 on a GPU, off otherwise.",
+    )
+    merge_adapter: bool | None = Field(
+        default=None,
+        description="Merge the LoRA adapter into the weights at load (before quantising). "
+        "Default: on when one adapter serves every persona, off when personas have their "
+        "own adapters (they need the unmerged model).",
     )
     device: DeviceName = Field(default="auto", description="Where the model runs.")
     generator_backend: GeneratorBackendName = Field(
-        default="transformers", description="Which generation backend serves replies."
+        default="transformers",
+        description="Which generation backend serves replies: 'transformers' (the model "
+        "runs in this process) or 'openai' (an OpenAI-compatible server: vLLM, llama.cpp, "
+        "Ollama, TGI; see the OPENAI_* settings).",
+    )
+    openai_base_url: str = Field(
+        default="http://127.0.0.1:8000/v1",
+        description="The generation server's OpenAI API base URL, '/v1' included (backend "
+        "'openai').",
+    )
+    openai_model: str | None = Field(
+        default=None,
+        description="Model name to ask the server for; default: the first model it lists.",
+    )
+    openai_lora: str | None = Field(
+        default=None,
+        description="LoRA adapter name the server serves (vLLM: --lora-modules NAME=DIR); "
+        "when set, requests ask for it instead of OPENAI_MODEL.",
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        description="API key sent as a Bearer token (vLLM --api-key, llama.cpp --api-key).",
+    )
+    openai_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0.0,
+        le=3600.0,
+        description="Longest wait for the generation server: to connect, and for its reply "
+        "(streaming: for each next piece of it).",
+    )
+    openai_max_retries: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description="Retries, with a doubling pause from 0.5 s, when the server cannot be "
+        "reached or answers 429/503 before the reply starts.",
+    )
+    openai_tokenizer: str | None = Field(
+        default=None,
+        description="Tokenizer (local directory or Hub id) of the served model, to count "
+        "prompt tokens exactly; default: the profile's tokenizer when MODEL_PROFILE names "
+        "one, else a conservative estimate.",
+    )
+    openai_context_window: int | None = Field(
+        default=None,
+        ge=256,
+        description="The served model's context length in tokens; default: read from the "
+        "server (vLLM /v1/models, llama.cpp /props), else 2048.",
     )
     mood_detector: MoodDetectorName = Field(
         default="classifier",
@@ -149,6 +215,13 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(
         default=8000, ge=1, le=1_000_000, description="Longest user message accepted."
     )
+    max_user_personas: int = Field(
+        default=100,
+        ge=0,
+        le=10_000,
+        description="Most personas users may create (Discord /persona create, the persona "
+        "command); 0 allows none. Each persona's own fields are length-limited too.",
+    )
     history_messages: int = Field(
         default=200, ge=0, le=10_000, description="Most stored messages considered per reply."
     )
@@ -160,6 +233,28 @@ class Settings(BaseSettings):
         "latency grows with the prompt; 4096 for mistral-7b).",
     )
     seed: int | None = Field(default=None, description="Fix sampling for reproducible replies.")
+    max_batch_size: int = Field(
+        default=16,
+        ge=1,
+        le=512,
+        description="Most replies the local model writes at once in one batch (continuous "
+        "batching: a new request joins the running batch at the next token); 1 writes one "
+        "reply at a time.",
+    )
+    batch_window_ms: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=10_000.0,
+        description="When the model is idle, how long the first request waits for others to "
+        "arrive so they start together in one batch (milliseconds).",
+    )
+    max_queued_requests: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="Most replies waiting for a place in the batch; beyond it a message is "
+        "answered at once with 'busy, try again' instead of waiting.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="Logging threshold for messages on standard error."
     )
@@ -232,13 +327,20 @@ class Settings(BaseSettings):
         description="Minimum seconds between two answered messages in one Discord channel or "
         "thread, whoever writes them (0 disables it).",
     )
+    telegram_chat_cooldown_seconds: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=3600.0,
+        description="Minimum seconds between two answered messages in one Telegram chat or "
+        "forum topic, whoever writes them (0 disables it).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("telegram_api_url", "telegram_webhook_url")
+    @field_validator("telegram_api_url", "telegram_webhook_url", "openai_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -358,7 +460,7 @@ def _describe_error(error: Mapping[str, Any], source: str | None) -> str:
     key = str(loc[0])
     where = f"{env_name(key)} (or '{key}' in {source})" if source else env_name(key)
     value = error.get("input")
-    secret = key.endswith(("_token", "_secret"))  # never echo a credential to the terminal
+    secret = key.endswith(("_token", "_secret", "_key"))  # never echo a credential to the terminal
     shown = "" if isinstance(value, dict) or value is None or secret else f" = {value!r}"
     message = str(error.get("msg", "invalid value"))
     if error.get("type") == "extra_forbidden":

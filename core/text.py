@@ -36,6 +36,48 @@ def clean_user_text(text: str, *, max_chars: int) -> str:
     return text
 
 
+# What chat templates and tokenizers treat as control tokens when they appear in the text
+# they render: ChatML/Llama-3/Phi ``<|...|>`` tokens, ``<s>``-style and StarCoder-style
+# ``<word>`` tokens (``<filename>``, ``<jupyter_code>``, and so Llama-2's ``<<SYS>>``), and
+# Llama-2/Mistral ``[INST]`` markers.
+_ANGLE_PIPE = re.compile(r"<\|")
+_PIPE_ANGLE = re.compile(r"\|>")
+_ANGLE_WORD = re.compile(r"<(/?[A-Za-z_][\w.-]{0,40}>)")
+_BRACKET_MARKER = re.compile(r"\[(/?(?:INST|SYS)\])", re.IGNORECASE)
+
+
+def defuse_special_tokens(text: str) -> str:
+    """Text that cannot open a new system or assistant turn when a chat template renders it.
+
+    The prompt is rendered to text and then tokenized, and tokenizers turn a literal
+    ``<|im_start|>`` (or ``</s>``, ``<filename>``...) in that text into the real control
+    token: a user could close their own turn and write the system's. A space after the
+    opening ``<``/``[`` keeps the text readable to the model while no tokenizer matches it.
+    Only the prompt is changed; the stored message keeps what the user wrote.
+    """
+    text = _ANGLE_PIPE.sub("< |", text)
+    text = _PIPE_ANGLE.sub("| >", text)
+    text = _ANGLE_WORD.sub(r"< \1", text)
+    return _BRACKET_MARKER.sub(r"[ \1", text)
+
+
+#: Longest display name stored (the column holds 255; platforms allow far less).
+MAX_NAME_CHARS = 100
+_WHITESPACE = re.compile(r"\s+")
+
+
+def clean_display_name(name: str, *, fallback: str = "someone") -> str:
+    """A person's display name made safe to store and to put in a prompt.
+
+    Names are user text too, and arrive from platform JSON where a lone surrogate, a
+    newline or a bidi override is perfectly legal: one line, no controls, bounded length.
+    """
+    name = _SURROGATES.sub("\ufffd", name)
+    name = _CONTROLS.sub("", name)
+    name = _WHITESPACE.sub(" ", unicodedata.normalize("NFC", name)).strip()
+    return name[:MAX_NAME_CHARS].strip() or fallback
+
+
 _USER_SPEAKERS = ("user", "human", "you", "me")
 _ASSISTANT_SPEAKERS = ("assistant", "bot")
 _SPECIAL_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "[INST]", "[/INST]", "</s>")

@@ -102,6 +102,10 @@ class SamplingParams:
     max_new_tokens: int = 200
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    adapter: str | None = None
+    """The LoRA adapter directory this request runs with (a persona's own adapter), or None
+    for the profile's default adapter (DailyDialog, if any). Requests with different values
+    are never batched together; the backend loads each adapter once, lazily."""
 
 
 @dataclass(frozen=True, slots=True)

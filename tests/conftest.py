@@ -22,6 +22,7 @@ from core.generation.transformers_backend import (
     load_transformers_generator,
 )
 from core.settings import Settings
+from tests.llama_server import llama_server, openai_counter  # noqa: F401 (fixtures)
 from tests.postgres import database_url, outage_server, postgres_server  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent

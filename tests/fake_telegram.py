@@ -4,7 +4,7 @@ It speaks the Bot API's HTTP protocol (``POST /bot<token>/<method>``, form-encod
 parameters with JSON-encoded objects, ``{"ok": ..., "result": ...}`` answers), holds
 ``getUpdates`` open like Telegram's long polling and honours its ``offset`` confirmations.
 Tests inject updates (messages, button taps) and failures (429 with ``retry_after``, 5xx,
-403, 400), then look at what the bot called and sent.
+403, 400, dropped connections), then look at what the bot called and sent.
 
 Like Telegram, it refuses what Telegram refuses: HTML with unescaped ``<``/``&`` or badly
 nested tags, MarkdownV2 with unescaped reserved characters, messages over 4,096 UTF-16
@@ -35,6 +35,9 @@ BOT_USERNAME = "PersonaTestBot"
 
 JSON = dict[str, Any]
 T = TypeVar("T")
+
+#: The status recorded for a call whose connection was dropped (see FakeBotAPI.drop_next).
+DROPPED = 0
 
 # Parameters that are plain strings on the wire; everything else is JSON-decoded.
 _STRING_PARAMS = {
@@ -163,6 +166,12 @@ class FakeBotAPI:
         for _ in range(times):
             self._failures[method].append(Failure(status, description, retry_after))
 
+    def drop_next(self, method: str, *, times: int = 1) -> None:
+        """Close the connection of the next ``times`` calls of ``method`` without answering,
+        as a network drop or a restarting proxy does (the call is recorded with status 0)."""
+        for _ in range(times):
+            self._failures[method].append(Failure(DROPPED, "connection dropped"))
+
     @staticmethod
     def user(user_id: int, first_name: str, last_name: str | None = None) -> JSON:
         user: JSON = {"id": user_id, "is_bot": False, "first_name": first_name}
@@ -279,6 +288,12 @@ class FakeBotAPI:
             failures = self._failures.get(method)
             if failures:
                 failure = failures.pop(0)
+                if failure.status == DROPPED:
+                    call.status = DROPPED
+                    if request.transport is not None:
+                        request.transport.close()
+                    await self._notify()
+                    return web.Response(status=500)  # never reaches the closed connection
                 raise BotAPIError(failure.status, failure.description, failure.retry_after)
             handler = getattr(self, f"_api_{method}", None)
             if handler is None:

@@ -133,3 +133,20 @@ def test_db_commands_upgrade_and_downgrade(tmp_path: Path, model_cache_dir: Path
     assert "database revision: base (empty)" in down.stdout
     current = personabot(["db", "current"], tmp_path, model_cache_dir)
     assert "base (empty)" in current.stdout
+
+
+def test_personas_lists_stored_personas_too(tmp_path: Path, model_cache_dir: Path) -> None:
+    """A persona registered with `persona add-adapter` lives in the database; `personas`
+    must show it beside the built-in ones, as the bot will serve it."""
+    shipped = Path(__file__).resolve().parents[1] / "core/adapters/smollm2-135m-dailydialog"
+    added = personabot(
+        ["persona", "add-adapter", "myvoice", str(shipped), "--description", "My own voice."],
+        tmp_path,
+        model_cache_dir,
+    )
+    assert added.returncode == 0, added.stderr
+    listed = personabot(["personas"], tmp_path, model_cache_dir)
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+    assert "myvoice" in names and "friend" in names
+    assert "My own voice." in listed.stdout

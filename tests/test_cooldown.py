@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.cooldown import Cooldown, CooldownCheck
+from core.cooldown import Cooldown, CooldownCheck, RateLimits
 
 
 class Clock:
@@ -63,3 +63,25 @@ def test_ready_says_whether_a_check_would_pass_without_taking_it() -> None:
     clock.now += 5
     assert cooldown.ready("alice") and cooldown.check("alice").allowed
     assert Cooldown(0).ready("alice")
+
+
+def test_rate_limits_per_user_and_per_conversation_with_one_notice_per_window() -> None:
+    clock = Clock()
+    limits = RateLimits(user_seconds=5.0, conversation_seconds=2.0, clock=clock)
+    assert limits.check("alice", "group").allowed
+    busy = limits.check("bob", "group")  # the conversation's window, whoever writes
+    assert (busy.allowed, busy.scope) == (False, "conversation")
+    assert busy.notice is not None and busy.notice.startswith("Lots of messages here at once")
+    assert limits.check("carol", "group").notice is None  # one notice per window
+    assert limits.check("bob", "dm-bob").allowed  # refused for the group: not charged to Bob
+    fast = limits.check("alice", "dm-alice")  # Alice is in her own window, anywhere
+    assert (fast.allowed, fast.scope) == (False, "user")
+    assert fast.notice is not None and "Send it again in 5 s." in fast.notice
+    assert limits.check("alice", "dm-alice").notice is None
+    clock.now += 5
+    assert limits.check("alice", "group").allowed
+
+
+def test_rate_limits_of_zero_allow_everything() -> None:
+    limits = RateLimits(user_seconds=0, conversation_seconds=0)
+    assert all(limits.check("alice", "group").allowed for _ in range(20))

@@ -228,7 +228,7 @@ async def test_startup_logs_in_syncs_commands_and_identifies_with_the_right_inte
     assert identify["token"] == TOKEN
 
     commands = {c["name"]: c for c in fake.commands[None]}
-    assert set(commands) == {"persona", "reset", "mood", "length", "chat", "help"}
+    assert set(commands) == {"persona", "reset", "forget", "mood", "length", "chat", "help"}
     persona = {o["name"]: o for o in commands["persona"]["options"]}
     assert set(persona) == {"set", "list", "show", "create", "delete"}
     (name_option,) = persona["set"]["options"]
@@ -242,7 +242,7 @@ async def test_startup_logs_in_syncs_commands_and_identifies_with_the_right_inte
 
     help_answer = await fake.answer(await fake.slash(bob(fake), GENERAL, "help"))
     assert help_answer["flags"] & EPHEMERAL
-    for usage in ("/persona set", "/persona create", "/reset", "/mood", "/length", "/chat"):
+    for usage in ("/persona set", "/persona create", "/reset", "/forget", "/mood", "/length"):
         assert usage in help_answer["content"]
 
     bot.stop.set()
@@ -298,7 +298,9 @@ async def test_mentions_and_replies_are_answered_in_the_channel_and_chatter_is_n
     # Mentions of the bot (or of its role) are not part of the message; others read as names.
     assert history[0].text == "what do you think about rain? @everyone @Alice"
     assert words(history[1].text) == words(reply["content"])
-    assert all("weather" not in m.text and "beep" not in m.text for m in history)
+    # Chatter not addressed to the bot is not stored (the model may well talk about weather).
+    users = [m.text for m in history if m.role == "user"]
+    assert all("weather" not in text and "beep" not in text for text in users)
 
 
 async def test_a_dm_is_always_answered_without_quoting(
@@ -432,6 +434,37 @@ async def test_reset_needs_manage_messages_in_servers_but_not_in_dms(
     dm = fake.dm_channel(bob(fake))
     in_dm = await fake.answer(await fake.slash(bob(fake), dm, "reset"))
     assert in_dm["content"] == "Conversation reset (0 messages forgotten)."
+
+
+async def test_forget_deletes_only_the_callers_messages_and_needs_no_permission(
+    start_bot: StartBot, fake: FakeDiscord
+) -> None:
+    engine = (await start_bot()).engine
+    await short_replies(fake, GENERAL)
+    await fake.mention(GENERAL, alice(fake), "I like trains.")
+    await fake.messages_in(GENERAL, 1)
+    await fake.mention(GENERAL, bob(fake), "My phone number is 555-0100.")
+    await fake.messages_in(GENERAL, 2)
+    dm = fake.dm_channel(bob(fake))
+    await short_replies(fake, dm)
+    await fake.say(dm, bob(fake), "A secret between us.")
+    await fake.messages_in(dm, 1)
+
+    # Bob has no permission at all in the server: his own messages are still his to delete.
+    done = await fake.answer(await fake.slash(bob(fake), GENERAL, "forget"))
+    assert done["flags"] & EPHEMERAL  # nobody else needs to see it
+    assert done["content"] == (
+        "Done: I deleted 2 stored messages here (yours and my replies to them)."
+    )
+    history = await engine.history(here(GENERAL))
+    assert roles_and_authors(history) == [("user", "Alice"), ("assistant", "Friend")]
+    assert len(await engine.history(here(dm))) == 2  # other conversations untouched
+
+    everywhere = await fake.answer(await fake.slash(bob(fake), GENERAL, "forget", everywhere=True))
+    assert everywhere["content"].startswith("Done: I deleted 2 stored messages in every channel")
+    assert await engine.history(here(dm)) == []
+    assert len(await engine.history(here(GENERAL))) == 2  # Alice's exchange stays
+    assert (await engine.length(here(dm))).value == "short"  # settings stay
 
 
 async def test_a_member_cannot_create_or_delete_personas_and_an_admin_can(

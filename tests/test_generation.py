@@ -75,7 +75,8 @@ def test_lora_adapter_is_applied(make_settings: SettingsFactory, tmp_path: Path)
     """A real (randomly initialised, non-zero) LoRA adapter changes the model's output."""
     from peft import LoraConfig, get_peft_model
 
-    base = load_transformers_generator(build_model_spec(make_settings()))
+    # The offline profile applies its shipped DailyDialog adapter by default: start bare.
+    base = load_transformers_generator(build_model_spec(make_settings(adapter_path="none")))
     adapter_dir = tmp_path / "adapter"
     lora = get_peft_model(
         base._model,
@@ -87,7 +88,7 @@ def test_lora_adapter_is_applied(make_settings: SettingsFactory, tmp_path: Path)
     lora.unload()
     asyncio.run(base.aclose())
 
-    plain = load_transformers_generator(build_model_spec(make_settings()))
+    plain = load_transformers_generator(build_model_spec(make_settings(adapter_path="none")))
     adapted = load_transformers_generator(build_model_spec(make_settings(adapter_path=adapter_dir)))
     try:
         assert "adapter adapter" in adapted.name
@@ -98,3 +99,23 @@ def test_lora_adapter_is_applied(make_settings: SettingsFactory, tmp_path: Path)
     finally:
         asyncio.run(plain.aclose())
         asyncio.run(adapted.aclose())
+
+
+async def test_a_reply_ends_where_the_model_opens_the_next_turn(
+    offline_generator: TransformersGenerator,
+) -> None:
+    """The shipped adapter closes its turns with ``<|im_start|>`` rather than the configured
+    end-of-sequence ``<|im_end|>``; the reply must stop there, not run on into a made-up
+    user turn until the token budget is spent."""
+    assert "adapter" in offline_generator.name  # the offline profile's default
+    chat = [
+        ChatMessage("system", "You are Friend, a warm friend."),
+        ChatMessage("user", "I have so much homework tonight, ugh."),
+    ]
+    params = SamplingParams(max_new_tokens=60, temperature=0.0)
+    result = await offline_generator.generate(chat, params)
+    assert result.text.strip()
+    assert result.completion_tokens < params.max_new_tokens
+    assert "\nuser" not in result.text and "\nassistant" not in result.text
+    streamed = "".join([piece async for piece in offline_generator.stream(chat, params)])
+    assert streamed.strip() == result.text.strip()

@@ -47,6 +47,16 @@ class FailingForward:
         return self._forward(*args, **kwargs)
 
 
+def innermost(model: Any) -> Any:
+    """The transformers model under any peft wrapper: the one whose forward does the work.
+
+    The offline profile serves the shipped LoRA adapter, so the generator's model is a
+    PeftModel whose own ``forward`` is bypassed by ``generate``.
+    """
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 @pytest.fixture
 async def engine(
     make_settings: SettingsFactory, offline_generator: TransformersGenerator
@@ -80,7 +90,7 @@ async def test_a_failure_mid_reply_is_an_apology_and_the_next_message_works(
     apology: str,
 ) -> None:
     await engine.reply(HERE, ALICE, "Hello there.")
-    model = offline_generator._model
+    model = innermost(offline_generator._model)
     # Call 1 encodes the prompt, call 2 decodes the second token: the reply has begun.
     failing = FailingForward(model, error, on_call=2)
     monkeypatch.setattr(model, "forward", failing)
@@ -119,7 +129,7 @@ async def test_a_failure_mid_reply_is_an_apology_and_the_next_message_works(
 async def test_the_terminal_shows_the_apology_as_an_error_line(
     engine: Engine, offline_generator: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = offline_generator._model
+    model = innermost(offline_generator._model)
     error = torch.cuda.OutOfMemoryError("CUDA out of memory.")
     monkeypatch.setattr(model, "forward", FailingForward(model, error, on_call=2))
     chat = TerminalChat(

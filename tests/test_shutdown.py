@@ -15,9 +15,13 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from bots.runner import serve
+from core.bootstrap import build_engine
+from core.generation.transformers_backend import TransformersGenerator
 from core.storage import ConversationStore, Database, sqlite_url
 from core.types import ConversationRef
-from tests.conftest import REPO
+from tests.conftest import REPO, SettingsFactory, SharedGenerator
+from tests.fake_telegram import TOKEN, FakeBotAPI
 from tests.polling import until
 
 QUESTION = "Tell me a long story about a lighthouse keeper and the sea."
@@ -133,3 +137,43 @@ async def test_sigterm_with_no_time_to_finish_cancels_and_keeps_the_message(
     assert "Traceback" not in stderr
     assert stdout == ""  # cancelled: nothing half-written was printed
     assert await history_after_restart(db) == [("user", QUESTION)]
+
+
+async def test_serve_cancels_a_frontend_still_busy_after_the_timeout(
+    make_settings: SettingsFactory, offline_generator: TransformersGenerator
+) -> None:
+    """``serve`` with a platform frontend whose reply outlasts the shutdown timeout: the
+    operator is told, the frontend is cancelled, ``serve`` returns 0 at once, and the user's
+    message stays stored (without a half-written reply)."""
+    api = FakeBotAPI()
+    await api.start()
+    settings = make_settings(
+        telegram_token=TOKEN,
+        telegram_api_url=api.api_url,
+        shutdown_timeout_seconds=0.5,
+        user_cooldown_seconds=0,
+        mood_detector="lexicon",
+    )
+    engine = await build_engine(settings, generator=SharedGenerator(offline_generator))
+    announced: list[str] = []
+    stop = asyncio.Event()
+    chat_user = FakeBotAPI.user(601, "Carol")
+    here = ConversationRef("telegram", "601")
+    try:
+        await engine.set_length(here, "long")  # hundreds of tokens: surely still being written
+        serving = asyncio.create_task(serve(engine, settings, ["Telegram"], announced.append, stop))
+        await api.wait_for(lambda: api.calls_to("getUpdates"))
+        api.send(FakeBotAPI.private_chat(chat_user), chat_user, QUESTION)
+        await api.wait_for(lambda: api.calls_to("sendChatAction"))  # the model is writing
+        assert engine.replies_in_flight == 1
+        stopped_at = asyncio.get_running_loop().time()
+        stop.set()  # what SIGTERM does
+        assert await asyncio.wait_for(serving, 60) == 0
+        assert asyncio.get_running_loop().time() - stopped_at < 30  # bounded, not the reply
+        assert any("Telegram did not stop within 0.5 s" in line for line in announced)
+        assert api.sent_to(601) == []  # nothing half-written was sent
+        history = await engine.history(here)
+        assert [(m.role, m.text) for m in history] == [("user", QUESTION)]
+    finally:
+        await engine.aclose()
+        await api.stop()

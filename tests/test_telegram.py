@@ -32,7 +32,7 @@ from core.generation.transformers_backend import TransformersGenerator
 from core.settings import load_settings
 from core.types import ConversationRef
 from tests.conftest import REPO, SettingsFactory, SharedGenerator
-from tests.fake_telegram import BOT_USERNAME, TOKEN, FakeBotAPI
+from tests.fake_telegram import BOT_USERNAME, DROPPED, TOKEN, FakeBotAPI
 
 JSON = dict[str, Any]
 
@@ -73,6 +73,7 @@ async def start_bot(
             "telegram_token": TOKEN,
             "telegram_api_url": api.api_url,
             "user_cooldown_seconds": 0,
+            "telegram_chat_cooldown_seconds": 0,
         }
         values.update(overrides)
         settings = make_settings(**values)
@@ -325,6 +326,47 @@ async def test_group_answers_mentions_and_replies_only_and_admins_reset(
     assert (await engine.persona(here)).name == "bard"
 
 
+async def test_a_busy_group_is_limited_per_chat_with_one_polite_notice(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot(telegram_chat_cooldown_seconds=600)).engine
+    group = FakeBotAPI.group_chat(GROUP_ID)
+    api.send(group, ALICE, "/length short")  # commands are never limited
+    await answers(api, GROUP_ID, 1)
+    api.send(group, ALICE, f"@{BOT_USERNAME} Hello there!")
+    api.send(group, BOB, f"@{BOT_USERNAME} Me too!")  # another person, the same chat
+    last = api.send(group, BOB, f"@{BOT_USERNAME} Still me.")
+    sent = await answers(api, GROUP_ID, 3)
+    await api.wait_until_polled_past(last)
+    await asyncio.sleep(0.3)
+    assert len(api.sent_to(GROUP_ID)) == 3  # one notice for the whole window, not one each
+    notices = [m for m in sent if "skipped" in m["text"]]
+    assert [m["text"].split(",")[0] for m in notices] == ["Lots of messages here at once"]
+    history = await engine.history(conversation(GROUP_ID))
+    assert [m.text for m in history if m.role == "user"] == ["Hello there!"]
+    # Another chat has its own window.
+    api.send(private(BOB), BOB, "/length short")
+    api.send(private(BOB), BOB, "Hi in private.")
+    (_, private_reply) = await answers(api, BOB["id"], 2)
+    assert "skipped" not in private_reply["text"]
+
+
+async def test_a_member_cannot_switch_the_persona_with_the_keyboard(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot()).engine  # telegram_admin_only defaults to true
+    group = FakeBotAPI.group_chat(GROUP_ID)
+    api.send(group, BOB, "/persona")  # anyone may look
+    (keyboard_message,) = await answers(api, GROUP_ID, 1)
+    api.tap(BOB, keyboard_message, "persona:pirate")
+    await api.wait_for(lambda: api.calls_to("answerCallbackQuery"))
+    (answered,) = api.calls_to("answerCallbackQuery")
+    assert answered.params["text"] == "Only chat admins can change the persona."
+    assert answered.params["show_alert"] is True
+    assert not api.calls_to("editMessageText")
+    assert (await engine.persona(conversation(GROUP_ID))).name == "friend"
+
+
 async def test_a_429_with_retry_after_is_honoured(start_bot: StartBot, api: FakeBotAPI) -> None:
     await start_bot()
     api.fail_next("sendMessage", 429, retry_after=1)
@@ -334,6 +376,24 @@ async def test_a_429_with_retry_after_is_honoured(start_bot: StartBot, api: Fake
     refused, delivered = api.calls_to("sendMessage")
     assert (refused.status, delivered.status) == (429, 200)
     assert delivered.at - refused.at >= 1.0
+
+
+async def test_dropped_connections_are_retried_and_polling_goes_on(
+    start_bot: StartBot, api: FakeBotAPI, frontend_log: LogWatch
+) -> None:
+    await start_bot()
+    await api.wait_for(lambda: api.calls_to("getUpdates"))
+    api.drop_next("getUpdates")  # the network drops a long poll...
+    api.drop_next("sendMessage")  # ...and then an answer on its way out
+    api.send(private(BOB), BOB, "/personas")
+    (listing,) = await answers(api, BOB["id"], 1)
+    assert "pirate (Pirate)" in listing["text"]
+    assert [c.status for c in api.calls_to("sendMessage")] == [DROPPED, 200]  # sent once
+    assert any(c.status == DROPPED for c in api.calls_to("getUpdates"))
+    await frontend_log.until("Fetching Telegram updates failed")
+    later = api.send(private(BOB), BOB, "/help")
+    await api.wait_until_polled_past(later)  # polling carries on
+    assert (await answers(api, BOB["id"], 2))[1]["text"].startswith("Commands:")
 
 
 async def test_errors_are_logged_and_the_poller_carries_on(
@@ -541,8 +601,10 @@ def test_telegram_settings_come_from_their_documented_variables() -> None:
             "PERSONABOT_TELEGRAM_WEBHOOK_SECRET": "abc_DEF-123",
             "PERSONABOT_TELEGRAM_ADMIN_ONLY": "false",
             "PERSONABOT_USER_COOLDOWN_SECONDS": "0.5",
+            "PERSONABOT_TELEGRAM_CHAT_COOLDOWN_SECONDS": "3",
         }
     )
+    assert settings.telegram_chat_cooldown_seconds == 3
     assert settings.telegram_api_url == "http://127.0.0.1:8081/bot"
     assert settings.telegram_webhook_port == 8444 and settings.telegram_admin_only is False
     assert settings.user_cooldown_seconds == 0.5

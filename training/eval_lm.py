@@ -286,6 +286,8 @@ def run_evaluation(
     mistakes fail before the expensive load. ``settings`` carry the profile, device, model
     path and adapter exactly as the bot would use them.
     """
+    from dataclasses import replace
+
     from core.generation.profiles import (
         build_model_spec,
         default_adapter_dir,
@@ -296,7 +298,8 @@ def run_evaluation(
     from training.train_lm import TrainingError, is_gguf, with_gguf
 
     examples, dialogues = load_eval_data(config)
-    spec = build_model_spec(settings)
+    # Unmerged: the base model's figure comes from switching the adapter off.
+    spec = replace(build_model_spec(settings), merge_adapter=False)
     if base_model and is_gguf(base_model):
         spec = with_gguf(spec, base_model, settings.resolved_cache_dir)
     if spec.adapter is None:

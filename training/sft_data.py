@@ -19,6 +19,10 @@ the first user turn with :func:`core.prompting.fold_system_prompt`, exactly as a
 Generic instruction data (Alpaca-style JSON or JSONL records with ``instruction``, optional
 ``input`` and ``output``) becomes one user turn and one assistant reply, so a user can train a
 domain Q&A adapter with the same command.
+
+Chat-format JSONL (``{"messages": [...]}`` per line, as ``personabot import-chat`` writes from a
+chat export) is read as it is: the examples already carry the system prompt the persona is
+served with and the other people's turns as history.
 """
 
 from __future__ import annotations
@@ -29,17 +33,17 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from core.personas import LENGTH_INSTRUCTIONS, Persona
 from core.prompting import fold_system_prompt
-from core.types import ChatMessage, LengthPreset, Mood
+from core.types import ChatMessage, LengthPreset, Mood, Role
 from training.dailydialog import DatasetError, Dialogue, load_split
 
 log = logging.getLogger(__name__)
 
-DataFormat = Literal["auto", "dailydialog", "alpaca"]
-DATA_FORMATS: tuple[str, ...] = ("auto", "dailydialog", "alpaca")
+DataFormat = Literal["auto", "dailydialog", "alpaca", "chat"]
+DATA_FORMATS: tuple[str, ...] = ("auto", "dailydialog", "alpaca", "chat")
 IGNORE_INDEX = -100
 """Label value the loss ignores (PyTorch's and transformers' convention)."""
 
@@ -307,11 +311,82 @@ def instruction_examples(
     return examples
 
 
-# -- loading either kind ----------------------------------------------------------------------
+# -- chat-format examples (personabot import-chat) ---------------------------------------------
+
+_ROLES = ("system", "user", "assistant")
+
+
+def _chat_example(item: object, where: str) -> ChatExample:
+    if not isinstance(item, dict) or not isinstance(item.get("messages"), list):
+        raise DatasetError(f"{where}: expected an object with a 'messages' list.")
+    messages: list[ChatMessage] = []
+    for index, message in enumerate(item["messages"]):
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if role not in _ROLES or not isinstance(content, str) or not content.strip():
+            raise DatasetError(
+                f"{where}: message {index} needs a 'role' ({', '.join(_ROLES)}) and a "
+                "non-empty string 'content'."
+            )
+        if role == "system" and index > 0:
+            raise DatasetError(f"{where}: message {index}: a system message may only come first.")
+        messages.append(ChatMessage(cast(Role, role), content))
+    if not messages or messages[-1].role != "assistant":
+        raise DatasetError(f"{where}: the last message must be the assistant's reply.")
+    if not any(m.role == "user" for m in messages):
+        raise DatasetError(f"{where}: the reply answers no user message.")
+    previous = next((m.content for m in reversed(messages[:-1]) if m.role == "user"), None)
+    return ChatExample(messages=tuple(messages), source=where, previous=previous)
+
+
+def read_chat_examples(path: Path | str) -> list[ChatExample]:
+    """Chat examples from JSONL, one ``{"messages": [{"role", "content"}, ...]}`` per line.
+
+    This is what ``personabot import-chat`` writes: the system prompt, the other people's
+    turns as ``user`` and the chosen speaker's as ``assistant``, the last message being the
+    reply to learn. Every problem names the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path} does not exist or is not a file.")
+    examples: list[ChatExample] = []
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}, line {number}"
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{where}: invalid JSON ({exc.msg}).") from None
+                examples.append(_chat_example(item, where))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not UTF-8 text: {exc}.") from None
+    if not examples:
+        raise DatasetError(f"{path} holds no examples.")
+    return examples
+
+
+def _holds_chat_records(path: Path) -> bool:
+    """Whether a JSONL file's first record is a chat example (has ``messages``)."""
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    item = json.loads(line)
+                    return isinstance(item, dict) and "messages" in item
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return False
+
+
+# -- loading any kind ----------------------------------------------------------------------
 
 
 def detect_format(path: Path | str, data_format: str = "auto") -> str:
-    """``alpaca`` for ``.json``/``.jsonl`` files, ``dailydialog`` for archives and folders."""
+    """``chat`` for JSONL with ``messages`` records (``personabot import-chat``), ``alpaca``
+    for other ``.json``/``.jsonl`` files, ``dailydialog`` for archives and folders."""
     if data_format not in DATA_FORMATS:
         raise DatasetError(
             f"Unknown data format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}."
@@ -319,6 +394,8 @@ def detect_format(path: Path | str, data_format: str = "auto") -> str:
     if data_format != "auto":
         return data_format
     suffix = Path(path).suffix.lower()
+    if suffix == ".jsonl" and _holds_chat_records(Path(path)):
+        return "chat"
     return "alpaca" if suffix in (".json", ".jsonl") else "dailydialog"
 
 
@@ -330,11 +407,19 @@ def load_examples(
     include_first: bool = False,
     persona: Persona | None = None,
 ) -> list[ChatExample]:
-    """Chat examples from a DailyDialog split (zip or folder) or an Alpaca JSON/JSONL file.
+    """Chat examples from a DailyDialog split (zip or folder), an Alpaca JSON/JSONL file or
+    a chat-format JSONL file.
 
-    ``split`` names the DailyDialog split and is ignored for instruction files.
+    ``split`` names the DailyDialog split and is ignored for the other kinds.
     """
     kind = detect_format(path, data_format)
+    if kind == "chat":
+        if persona is not None:
+            raise DatasetError(
+                f"{path}: --persona does not apply to chat-format data; its system prompt was "
+                "written by personabot import-chat."
+            )
+        return read_chat_examples(path)
     if kind == "alpaca":
         return instruction_examples(read_instructions(path), persona=persona)
     dialogues = load_split(path, split)
@@ -390,6 +475,13 @@ class ChatFormatter:
         probe = (ChatMessage("user", "ping"), ChatMessage("assistant", "PONG-PROBE"))
         full = self.render(probe)
         after = full[full.rindex("PONG-PROBE") + len("PONG-PROBE") :].lstrip(" ")
+        # The literal token text first: some tokenizers (e.g. converted from GGUF) do not list
+        # a template's turn marker among their special ids, and guessing then picked the
+        # wrong token (an adapter that closes its turns with <|im_start|>).
+        added: dict[str, int] = getattr(self.tokenizer, "get_added_vocab", dict)()
+        for text, token_id in sorted(added.items(), key=lambda item: -len(item[0])):
+            if text.strip() and after.startswith(text):
+                return int(token_id)
         special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
         ids = self._ids(after) if after else []
         if ids and ids[0] in special:
@@ -473,6 +565,8 @@ class ChatFormatter:
         (``workers``; default: up to 8 for 10k examples or more). Batching the fast tokenizer
         over all texts at once is several times quicker than one call per example.
         """
+        if not examples:  # e.g. no validation slice held out of a small file
+            return []
         pairs = self._render_all(examples, progress=progress, workers=workers)
         prompts = self.tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
         replies = self.tokenizer([r for _, r in pairs], add_special_tokens=False)["input_ids"]

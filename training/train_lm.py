@@ -72,7 +72,8 @@ class LMTrainConfig:
     """Every knob of a run; written to ``train_config.json`` so it can be reproduced."""
 
     data: str
-    """DailyDialog zip/folder, or an Alpaca-style ``.json``/``.jsonl`` file."""
+    """DailyDialog zip/folder, an Alpaca-style ``.json``/``.jsonl`` file, or chat-format JSONL
+    (``personabot import-chat``)."""
     output: str
     profile: str = "smollm2-135m"
     base_model: str | None = None

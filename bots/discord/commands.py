@@ -1,4 +1,4 @@
-"""The slash commands: /persona, /reset, /mood, /length, /chat and /help.
+"""The slash commands: /persona, /reset, /forget, /mood, /length, /chat and /help.
 
 They are discord.py ``app_commands``, registered with Discord at start-up (see
 :func:`bots.discord.app.sync_commands`). Answers that only concern the caller (lists, help,
@@ -19,7 +19,7 @@ from typing import Literal
 import discord
 from discord import app_commands
 
-from bots.discord.handlers import conversation_of
+from bots.discord.handlers import PLATFORM, author_of, conversation_of
 from bots.discord.sending import NO_MENTIONS, split_reply
 from core.engine import Engine
 from core.errors import PersonabotError
@@ -40,6 +40,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("/persona create", "write a new persona (Manage Server)"),
     ("/persona delete <name>", "delete a persona made with /persona create (Manage Server)"),
     ("/reset", "forget this channel's conversation (Manage Messages in servers)"),
+    ("/forget [everywhere]", "delete your own messages here and my replies to them"),
     ("/mood [text]", "the mood of a text, or of your last message here"),
     ("/length <short|medium|long>", "how long my replies are here"),
     ("/chat <always|mention>", "answer every message here, or only when spoken to (Manage Server)"),
@@ -265,6 +266,27 @@ def register_commands(tree: CommandTree, engine: Engine) -> None:
         count = await engine.reset(conversation_of(_channel(interaction)))
         await respond(
             interaction, f"Conversation reset ({count} messages forgotten).", ephemeral=False
+        )
+
+    @tree.command(name="forget", description="Delete your messages here and my replies to them")
+    @app_commands.describe(everywhere="True: in every channel, thread and DM I share with you")
+    async def forget(interaction: Interaction, everywhere: bool = False) -> None:
+        # Anyone may delete what they wrote, anywhere, without a permission: it is their data
+        # (docs/privacy.md). Others' messages and the channel's settings stay. The answer is
+        # private: nobody else needs to know. Deferred, because forgetting here waits for a
+        # reply still being written to this person (it is deleted with the rest).
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        author = author_of(interaction.user)
+        if everywhere:
+            count = await engine.forget(author, platform=PLATFORM)
+            where = "in every channel and DM"
+        else:
+            count = await engine.forget(author, conversation_of(_channel(interaction)))
+            where = "here"
+        await respond(
+            interaction,
+            f"Done: I deleted {count} stored messages {where} (yours and my replies to them).",
+            ephemeral=True,
         )
 
     @tree.command(name="mood", description="The mood of a text, or of your last message here")

@@ -18,7 +18,7 @@ import aiohttp
 import discord
 
 from bots.discord.sending import StreamingReply, send_text
-from core.cooldown import Cooldown
+from core.cooldown import RateLimits
 from core.engine import Engine
 from core.errors import PersonabotError
 from core.ordering import TurnQueue
@@ -124,8 +124,9 @@ class MessageHandler:
         stream_replies: bool,
     ) -> None:
         self._engine = engine
-        self._user_cooldown = Cooldown(user_cooldown_seconds)
-        self._channel_cooldown = Cooldown(channel_cooldown_seconds)
+        self._limits = RateLimits(
+            user_seconds=user_cooldown_seconds, conversation_seconds=channel_cooldown_seconds
+        )
         self._stream = stream_replies
         # The engine answers a conversation's messages in order; this keeps the *sending*
         # in the same order, so a quick second reply never overtakes a long first one.
@@ -209,34 +210,11 @@ class MessageHandler:
     async def _within_cooldowns(
         self, message: discord.Message, conversation: ConversationRef
     ) -> bool:
-        """Take the user's and the channel's cooldown, or say (once) why not.
-
-        The user's cooldown is only taken once the channel's has accepted, so a message
-        the channel refuses does not also cost its author their next turn.
-        """
-        user = str(message.author.id)
-        if self._user_cooldown.ready(user):
-            by_channel = self._channel_cooldown.check(conversation.key())
-            if by_channel.allowed:
-                self._user_cooldown.check(user)
-                return True
-            if by_channel.notify:
-                await self._say(
-                    message.channel,
-                    "Lots of messages here at once, so I skipped that one. Please send it "
-                    f"again in {max(1, round(by_channel.retry_after))} s.",
-                    message,
-                )
-            return False
-        by_user = self._user_cooldown.check(user)
-        if by_user.notify:
-            await self._say(
-                message.channel,
-                "You're writing faster than I can answer, so I skipped that message. "
-                f"Send it again in {max(1, round(by_user.retry_after))} s.",
-                message,
-            )
-        return False
+        """Take the user's and the channel's cooldown, or say (once per window) why not."""
+        decision = self._limits.check(str(message.author.id), conversation.key())
+        if decision.notice is not None:
+            await self._say(message.channel, decision.notice, message)
+        return decision.allowed
 
     async def _answer(
         self,

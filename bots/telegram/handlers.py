@@ -36,7 +36,7 @@ from telegram.ext import (
 )
 
 from bots.telegram.sending import send_text
-from core.cooldown import Cooldown
+from core.cooldown import RateLimits
 from core.engine import Engine
 from core.errors import PersonabotError
 from core.ordering import TurnQueue
@@ -159,10 +159,20 @@ def _mood_label(mood: MoodResult) -> str:
 class TelegramFrontend:
     """The handlers of one bot, bound to one engine and the settings read at start-up."""
 
-    def __init__(self, engine: Engine, *, admin_only: bool, cooldown_seconds: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        admin_only: bool,
+        cooldown_seconds: float,
+        chat_cooldown_seconds: float = 0.0,
+    ) -> None:
         self._engine = engine
         self._admin_only = admin_only
-        self._cooldown = Cooldown(cooldown_seconds)
+        # The model is shared by every chat: one limit per user, one per chat (or topic).
+        self._limits = RateLimits(
+            user_seconds=cooldown_seconds, conversation_seconds=chat_cooldown_seconds
+        )
         # The engine answers a conversation's messages in order; this keeps the *sending*
         # in the same order, so a quick second reply never overtakes a long first one.
         self._send_order = TurnQueue()
@@ -203,17 +213,10 @@ class TelegramFrontend:
         if place.is_group and not addressed_to(message, context.bot):
             return
         text = strip_mention(message.text, context.bot.username) if place.is_group else message.text
-        check = self._cooldown.check(author.id)
-        if not check.allowed:
-            if check.notify:
-                wait = max(1, round(check.retry_after))
-                await self._say(
-                    context.bot,
-                    place,
-                    f"You're writing faster than I can answer, so I skipped that message. "
-                    f"Send it again in {wait} s.",
-                    message,
-                )
+        decision = self._limits.check(author.id, place.conversation.key())
+        if not decision.allowed:
+            if decision.notice is not None:
+                await self._say(context.bot, place, decision.notice, message)
             return
         # Taken before any await, so the sending order is the arrival order.
         send_turn = self._send_order.join(place.conversation.key())

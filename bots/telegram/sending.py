@@ -78,7 +78,10 @@ async def _send_chunk(
                 reply_markup=markup,
             )
         except BadRequest as exc:  # a subclass of NetworkError: never worth a blind retry
-            if parse_mode is None or "parse entities" not in exc.message.lower():
+            # "Text is empty": formatting left nothing visible (a reply that is only an
+            # empty code fence); its plain text is not empty.
+            reason = exc.message.lower()
+            if parse_mode is None or not ("parse entities" in reason or "text is empty" in reason):
                 raise
             log.warning("Telegram could not parse our HTML (%s); sending plain text.", exc)
             text, parse_mode = chunk, None

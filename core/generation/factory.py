@@ -10,14 +10,24 @@ from core.generation.profiles import build_model_spec
 from core.settings import Settings
 
 
-async def create_generator(settings: Settings) -> Generator:
-    """Load the configured backend off the event loop (loading a model takes seconds)."""
+async def create_generator(settings: Settings, *, persona_adapters: bool = False) -> Generator:
+    """Load the configured backend off the event loop (loading a model takes seconds).
+
+    ``persona_adapters``: some persona has its own LoRA adapter, so the default adapter is
+    kept unmerged for peft to switch between them.
+    """
     if settings.generator_backend == "transformers":
+        from core.generation.batching import BatchingConfig
         from core.generation.transformers_backend import load_transformers_generator
 
-        spec = build_model_spec(settings)
-        return await asyncio.to_thread(load_transformers_generator, spec)
+        spec = build_model_spec(settings, persona_adapters=persona_adapters)
+        batching = BatchingConfig.from_settings(settings)
+        return await asyncio.to_thread(load_transformers_generator, spec, batching)
+    if settings.generator_backend == "openai":
+        from core.generation.openai_backend import create_openai_generator
+
+        return await create_openai_generator(settings)
     raise ConfigError(
         f"Unknown PERSONABOT_GENERATOR_BACKEND {settings.generator_backend!r}; "
-        "expected 'transformers'."
+        "expected 'transformers' or 'openai'."
     )

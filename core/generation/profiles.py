@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelLoadError
+from core.generation.quantization import Quantization, int4_unavailable_reason, torchao_available
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,21 @@ class ModelSpec:
     """GGUF file name inside ``source`` when the weights are GGUF."""
     converted_dir: Path | None
     """Where converted GGUF weights are cached, so the ~20 s conversion runs once."""
-    load_in_4bit: bool
+    quantization: Quantization
+    """Weight format: 'nf4' (bitsandbytes), 'int4' (torchao, CUDA) or 'none'."""
     adapter: Path | None
     device: str
     system_role: bool | None
     """False when the chat template has no system role; None: detect from the template."""
+    merge_adapter: bool = False
+    """Fold ``adapter`` into the weights at load, before quantising (see quantization.py)."""
+    compile: bool = False
+    """Decode with a static KV cache and torch.compile (see fast_decode.py)."""
+
+    @property
+    def load_in_4bit(self) -> bool:
+        """True for either 4-bit format."""
+        return self.quantization in ("nf4", "int4")
 
 
 def cuda_available() -> bool:
@@ -156,13 +167,85 @@ def _resolve_adapter(settings: Settings, profile: str) -> Path | None:
     return default
 
 
-def build_model_spec(settings: Settings) -> ModelSpec:
-    """Resolve settings into a loadable spec, failing early with advice where it cannot load."""
+def _resolve_quantization(settings: Settings, profile: str, device: str) -> Quantization:
+    """The weight format: explicit setting, else the older load_in_4bit, else the profile's.
+
+    ``auto`` prefers int4 for the 7B on a GPU where the kernel can run (it decodes several
+    times faster than NF4 at the same size) and falls back to NF4 elsewhere, CPUs included.
+    """
+    chosen = settings.quantization
+    legacy = settings.load_in_4bit
+    if chosen != "auto" and legacy is not None and (chosen != "none") != legacy:
+        raise ModelLoadError(
+            f"PERSONABOT_QUANTIZATION={chosen} contradicts PERSONABOT_LOAD_IN_4BIT="
+            f"{str(legacy).lower()}; set only PERSONABOT_QUANTIZATION (nf4, int4 or none)."
+        )
+    if chosen == "auto":
+        if legacy is not None:
+            return "nf4" if legacy else "none"
+        if profile != MISTRAL_7B:
+            return "none"
+        if device == "cuda" and torchao_available() and int4_unavailable_reason(device) is None:
+            return "int4"
+        return "nf4"
+    if chosen == "int4":
+        reason = int4_unavailable_reason(device)
+        if reason is not None:
+            raise ModelLoadError(reason)
+    return chosen
+
+
+def _resolve_compile(settings: Settings, quantization: Quantization, device: str) -> bool:
+    """Compiled decoding is the default where it pays: int4 and bf16 on a GPU.
+
+    bitsandbytes' NF4 layers gain little from it (24.6 against 21.9 tokens/s at batch 1,
+    docs/benchmarks.md) while every new batch size costs a compilation, so NF4 stays eager.
+    """
+    if settings.compile is None:
+        return device == "cuda" and quantization in ("int4", "none")
+    if settings.compile and device != "cuda":
+        raise ModelLoadError(
+            "PERSONABOT_COMPILE=true needs a CUDA GPU: transformers compiles decoding only "
+            "there. Unset it (or set it to false) on this machine."
+        )
+    return settings.compile
+
+
+def _resolve_merge(
+    settings: Settings, adapter: Path | None, device: str, persona_adapters: bool
+) -> bool:
+    """Merge the one adapter into the weights unless personas bring adapters of their own.
+
+    By default only on a GPU, where the unmerged LoRA products cost decode speed; on a CPU
+    the small offline model stays unmerged, so persona adapters added while it runs
+    (``personabot persona add-adapter``) can still be served.
+    """
+    if adapter is None:
+        return False
+    if settings.merge_adapter is None:
+        return device == "cuda" and not persona_adapters
+    if settings.merge_adapter and persona_adapters:
+        raise ModelLoadError(
+            "PERSONABOT_MERGE_ADAPTER=true, but some personas have their own LoRA adapter, "
+            "which cannot be applied to a model with the default adapter merged into it. "
+            "Unset PERSONABOT_MERGE_ADAPTER (or set it to false)."
+        )
+    return settings.merge_adapter
+
+
+def build_model_spec(settings: Settings, *, persona_adapters: bool = False) -> ModelSpec:
+    """Resolve settings into a loadable spec, failing early with advice where it cannot load.
+
+    ``persona_adapters``: some persona names its own LoRA adapter, so the default adapter
+    must stay unmerged (peft switches between adapters on the one base model).
+    """
     profile = resolve_profile_name(settings)
     device = _resolve_device(settings)
     adapter = _resolve_adapter(settings, profile)
+    quantization = _resolve_quantization(settings, profile, device)
+    compile_ = _resolve_compile(settings, quantization, device)
+    merge = _resolve_merge(settings, adapter, device, persona_adapters)
     if profile == MISTRAL_7B:
-        load_in_4bit = True if settings.load_in_4bit is None else settings.load_in_4bit
         if device != "cuda" and settings.device != "cpu":
             raise ModelLoadError(
                 "Profile mistral-7b needs a CUDA GPU (about 6 GB of GPU memory in 4-bit) and "
@@ -175,11 +258,13 @@ def build_model_spec(settings: Settings) -> ModelSpec:
             source=settings.model_path or MISTRAL_HUB_ID,
             gguf_file=None,
             converted_dir=None,
-            load_in_4bit=load_in_4bit,
+            quantization=quantization,
             adapter=adapter,
             device=device,
             # Mistral's template rejects a system turn; fold it into the first user turn.
             system_role=False,
+            merge_adapter=merge,
+            compile=compile_,
         )
     if settings.model_path:
         source, gguf_file, converted = settings.model_path, None, None
@@ -192,8 +277,10 @@ def build_model_spec(settings: Settings) -> ModelSpec:
         source=source,
         gguf_file=gguf_file,
         converted_dir=converted,
-        load_in_4bit=bool(settings.load_in_4bit),
+        quantization=quantization,
         adapter=adapter,
         device=device,
         system_role=None,
+        merge_adapter=merge,
+        compile=compile_,
     )

@@ -2,67 +2,75 @@
 
 All model work runs on one dedicated worker thread: it keeps the event loop free while the
 model computes, and it serialises GPU work through a single queue so concurrent
-conversations never fight over GPU memory. Batching across conversations is a later step
-that can replace the single worker without changing the Generator port.
+conversations never fight over GPU memory. Requests from concurrent conversations are
+decoded together in continuous batches by :class:`core.generation.batching.BatchScheduler`
+(per-request sampling, cancellation, a bounded queue), behind the same Generator port.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from core.errors import GenerationError, ModelLoadError
+from core.generation.adapters import AdapterSet
 from core.generation.base import Generation
+from core.generation.batching import BatchingConfig, BatchScheduler, BatchStats, ModelFacts
+from core.generation.fast_decode import compiled_decoding_enabled, enable_compiled_decoding
 from core.generation.profiles import ModelSpec
+from core.generation.quantization import (
+    compute_dtype,
+    merge_adapter,
+    quantize_int4,
+    quantize_nf4,
+)
 from core.prompting import fold_system_prompt
 from core.types import ChatMessage, SamplingParams
 
 log = logging.getLogger(__name__)
-
-# Distinct stop-string sets kept (one per set of speaker names in a conversation).
-_STOP_CRITERIA_CACHE = 64
 
 
 def _as_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-class _CancelOnEvent:
-    """A StoppingCriteria that ends decoding when the caller stops listening."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self._event = event
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
-        return self._event.is_set()
-
-
 class TransformersGenerator:
     """A :class:`~core.generation.base.Generator` over a local transformers model."""
 
-    def __init__(self, model: Any, tokenizer: Any, spec: ModelSpec, system_role: bool) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        spec: ModelSpec,
+        system_role: bool,
+        *,
+        batching: BatchingConfig | None = None,
+    ) -> None:
         self._model = model
         self._tokenizer = tokenizer
         self._spec = spec
         self._system_role = system_role
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="personabot-gen")
         self._closed = False
-        # Stop-string matchers by stop strings; see _stop_criterion. Worker thread only.
-        self._stop_criteria: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        # Per-persona LoRA adapters on this one base model (SamplingParams.adapter).
+        peft = hasattr(model, "peft_config")
+        self._adapters = AdapterSet(
+            model, default=peft, merged=spec.adapter is not None and not peft
+        )
         config = model.config
         self._context_window = int(getattr(config, "max_position_embeddings", 2048) or 2048)
         dtype = str(getattr(model, "dtype", "")).replace("torch.", "")
-        quant = ", nf4" if spec.load_in_4bit else ""
-        adapter = f", adapter {spec.adapter.name}" if spec.adapter else ""
-        self._name = f"{spec.profile} ({spec.device}, {dtype}{quant}{adapter})"
+        quant = f", {spec.quantization}" if spec.quantization != "none" else ""
+        merged = " (merged)" if spec.merge_adapter else ""
+        adapter = f", adapter {spec.adapter.name}{merged}" if spec.adapter else ""
+        compiled = ", compiled" if compiled_decoding_enabled(model) else ""
+        self._name = f"{spec.profile} ({spec.device}, {dtype}{quant}{adapter}{compiled})"
+        self._scheduler = BatchScheduler(
+            self._model_for, _model_facts(model, tokenizer), batching or BatchingConfig()
+        )
 
     # -- Generator port ---------------------------------------------------------------------
 
@@ -78,76 +86,56 @@ class TransformersGenerator:
         return len(self._encode(messages))
 
     async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Generation:
+        """Batched with other conversations' requests; raises GeneratorBusyError when the
+        queue is full."""
         self._check_open()
-        cancel = threading.Event()
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor, self._generate_sync, list(messages), params, cancel, None
-        )
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            cancel.set()
-            raise
+        return await self._scheduler.generate(self._encode(messages), params)
 
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncGenerator[str, None]:
-        from transformers import AsyncTextIteratorStreamer
-
+        """Pieces as decoded; leaving early frees the request's row at the next step."""
         self._check_open()
-        cancel = threading.Event()
-        streamer = AsyncTextIteratorStreamer(
-            self._tokenizer, skip_prompt=True, skip_special_tokens=True
-        )
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor, self._generate_sync, list(messages), params, cancel, streamer
-        )
+        stream = self._scheduler.stream(self._encode(messages), params)
         try:
-            async for piece in streamer:
-                if piece:
-                    yield piece
-            await future
+            async for piece in stream:
+                yield piece
         finally:
-            if not future.done():
-                cancel.set()
-                # Let the worker notice the flag; it checks once per decoded token.
-                await asyncio.wait([future], timeout=30)
+            await stream.aclose()
 
     async def aclose(self) -> None:
         self._closed = True
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        await self._scheduler.aclose()
         self._model = None
+
+    @property
+    def batch_stats(self) -> BatchStats:
+        """How the scheduler has batched requests so far (steps, mean and peak batch size)."""
+        return self._scheduler.stats
+
+    @property
+    def adapters(self) -> AdapterSet:
+        """The LoRA adapters on this generator's one base model, and which one is active."""
+        return self._adapters
+
+    def activate_adapter(self, adapter: str | None) -> None:
+        """Run the next forward passes with ``adapter`` (a directory; None: the default).
+
+        Worker thread only. Loads the adapter onto the base model on first use and raises a
+        GenerationError the user can read when it cannot be loaded.
+        """
+        self._model = self._adapters.activate(adapter)
+
+    def _model_for(self, adapter: str | None) -> Any:
+        """The scheduler's hook before a batch starts: switch adapters, return the model."""
+        self.activate_adapter(adapter)
+        return self._model
 
     def _check_open(self) -> None:
         if self._closed:
             raise GenerationError("The generator has been shut down; restart personabot.")
 
-    # -- worker thread ----------------------------------------------------------------------
-
-    def _stop_criterion(self, stop: Sequence[str]) -> list[Any]:
-        """A StopStringCriteria for these stop strings, built once and then reused.
-
-        transformers caches the matcher keyed on the tokenizer's vocabulary as a tuple, but a
-        fast tokenizer's ``get_vocab()`` comes back in a different order on every call, so
-        that cache never hits and every reply would pay the build: about 2 s on a CPU for
-        the engine's fifteen speaker stop strings, far more than a short reply takes.
-        """
-        from transformers import StopStringCriteria
-
-        key = tuple(stop)
-        if not key:
-            return []
-        criterion = self._stop_criteria.get(key)
-        if criterion is None:
-            criterion = StopStringCriteria(self._tokenizer, list(key))
-            self._stop_criteria[key] = criterion
-            if len(self._stop_criteria) > _STOP_CRITERIA_CACHE:
-                self._stop_criteria.popitem(last=False)
-        else:
-            self._stop_criteria.move_to_end(key)
-        return [criterion]
+    # -- prompts ----------------------------------------------------------------------------
 
     def _render(self, messages: Sequence[ChatMessage]) -> str:
         if not self._system_role:
@@ -162,65 +150,42 @@ class TransformersGenerator:
         ids = self._tokenizer(self._render(messages), add_special_tokens=False)["input_ids"]
         return list(ids)
 
-    def _generate_sync(
-        self,
-        messages: list[ChatMessage],
-        params: SamplingParams,
-        cancel: threading.Event,
-        streamer: Any,
-    ) -> Generation:
-        import torch
-        from transformers import StoppingCriteriaList
 
-        try:
-            ids = self._encode(messages)
-            input_ids = torch.tensor([ids], device=self._model.device)
-            kwargs: dict[str, Any] = {
-                "input_ids": input_ids,
-                "attention_mask": torch.ones_like(input_ids),
-                "max_new_tokens": params.max_new_tokens,
-                "repetition_penalty": params.repetition_penalty,
-                "pad_token_id": self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
-                "stopping_criteria": StoppingCriteriaList(
-                    [_CancelOnEvent(cancel), *self._stop_criterion(params.stop)]
-                ),
-            }
-            if params.temperature > 0:
-                kwargs.update(
-                    do_sample=True,
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    top_k=params.top_k,
-                )
-            else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            if streamer is not None:
-                kwargs["streamer"] = streamer
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            started = time.perf_counter()
-            with torch.inference_mode():
-                output = self._model.generate(**kwargs)
-            new_tokens = output[0][len(ids) :]
-            text = self._tokenizer.decode(new_tokens, skip_special_tokens=True)
-            log.debug(
-                "generated %d tokens in %.2fs (prompt %d tokens)",
-                len(new_tokens),
-                time.perf_counter() - started,
-                len(ids),
-            )
-            return Generation(
-                text=str(text), prompt_tokens=len(ids), completion_tokens=len(new_tokens)
-            )
-        except GenerationError:
-            raise
-        except Exception as exc:  # the model's failures reach the user as one clear error
-            if streamer is not None:
-                streamer.end()
-            kind = "out of memory" if "out of memory" in str(exc).lower() else "failed"
-            if kind == "out of memory" and torch.cuda.is_available():
-                torch.cuda.empty_cache()  # give the next request the memory this one held
-            raise GenerationError(f"Generation {kind}: {type(exc).__name__}: {exc}") from exc
+#: Special tokens that open or close a chat turn in common templates (ChatML, Llama 3, Phi,
+#: Gemma). An assistant reply is over once the model writes any of them, whatever the
+#: generation config's end-of-sequence token says: a fine-tuned model may close its turn by
+#: opening the next one, and it must not go on to write the user's next message.
+TURN_TOKENS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "<|end|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+)
+
+
+def turn_token_ids(tokenizer: Any) -> set[int]:
+    """Ids of the :data:`TURN_TOKENS` this tokenizer has as tokens of their own."""
+    vocab = tokenizer.get_vocab()
+    return {int(vocab[token]) for token in TURN_TOKENS if token in vocab}
+
+
+def _model_facts(model: Any, tokenizer: Any) -> ModelFacts:
+    """End-of-turn tokens (generation config, tokenizer, chat-turn markers), padding and
+    vocabulary size."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = set(configured if isinstance(configured, list) else [configured])
+    eos.add(tokenizer.eos_token_id)
+    eos.discard(None)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    eos |= turn_token_ids(tokenizer)
+
+    def decode(ids: Sequence[int]) -> str:
+        return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+    return ModelFacts(frozenset(eos), int(pad), int(model.config.vocab_size), decode)
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -279,10 +244,39 @@ def resolve_weights(spec: ModelSpec) -> str | Path:
         ) from exc
 
 
-def load_transformers_generator(spec: ModelSpec) -> TransformersGenerator:
+def load_transformers_generator(
+    spec: ModelSpec, batching: BatchingConfig | None = None
+) -> TransformersGenerator:
     """Load weights, quantisation and adapter; blocking, so call it off the event loop."""
     model, tokenizer, system_role = load_model(spec)
-    return TransformersGenerator(model, tokenizer, spec, system_role)
+    return TransformersGenerator(model, tokenizer, spec, system_role, batching=batching)
+
+
+def _from_pretrained_kwargs(spec: ModelSpec, in_memory: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments: where the weights land and in which format."""
+    import torch
+
+    kwargs: dict[str, Any] = {}
+    if in_memory:  # full precision on the CPU; quantised onto the device afterwards
+        wide = spec.device == "cuda" or spec.quantization == "int4"
+        kwargs["dtype"] = torch.bfloat16 if wide else torch.float32
+        return kwargs
+    if spec.quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype(spec.device),
+        )
+    if spec.device == "cuda":
+        kwargs["device_map"] = {"": 0}
+        if spec.quantization == "none":
+            kwargs["dtype"] = torch.bfloat16
+    else:
+        kwargs["dtype"] = torch.float32
+    return kwargs
 
 
 def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
@@ -291,31 +285,16 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
     Shared by the generator and ``personabot eval``, so evaluation scores exactly the model
     the bot serves.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_weights(spec)
-    kwargs: dict[str, Any] = {}
-    if spec.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        compute = (
-            torch.bfloat16
-            if spec.device != "cuda" or torch.cuda.is_bf16_supported()
-            else torch.float16
-        )
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute,
-        )
-    if spec.device == "cuda":
-        kwargs["device_map"] = {"": 0}
-        if not spec.load_in_4bit:
-            kwargs["dtype"] = torch.bfloat16
-    else:
-        kwargs["dtype"] = torch.float32
+    # NF4 without merging is quantised by from_pretrained itself; int4, and NF4 with the
+    # adapter merged, load full-precision weights on the CPU and quantise them layer by layer
+    # onto the device (core/generation/quantization.py), merging the adapter first.
+    in_memory = spec.quantization == "int4" or (
+        spec.quantization == "nf4" and spec.merge_adapter and spec.adapter is not None
+    )
+    kwargs = _from_pretrained_kwargs(spec, in_memory)
     try:
         tokenizer: Any = AutoTokenizer.from_pretrained(source)
         model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -327,7 +306,14 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
             "PERSONABOT_MODEL_PATH=DIR; or use the offline profile "
             "PERSONABOT_MODEL_PROFILE=smollm2-135m."
         ) from exc
-    if spec.adapter is not None:
+    if spec.adapter is not None and spec.merge_adapter:
+        model = merge_adapter(model, spec.adapter)
+    if spec.quantization == "int4":
+        quantize_int4(model, spec.device)
+    elif in_memory:
+        quantize_nf4(model, spec.device)
+        model.to(spec.device)  # embeddings, norms and lm_head stay in full precision
+    if spec.adapter is not None and not spec.merge_adapter:
         from peft import PeftModel
 
         try:
@@ -337,6 +323,8 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
                 f"Cannot apply LoRA adapter {spec.adapter} to {spec.source}: {exc}. Was it "
                 "trained for this base model?"
             ) from exc
+    if spec.compile:
+        enable_compiled_decoding(model)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

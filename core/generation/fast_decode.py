@@ -1,0 +1,125 @@
+"""Static KV cache + torch.compile (CUDA graphs) for decoding with ``generate``.
+
+Why: at batch 1 a 7B model's decode step is a few hundred small kernels, and launching them
+one by one from Python costs more than the GPU takes to run them (bf16 eager decodes at about
+10 tokens/s on an H100, compiled at over 100; docs/benchmarks.md). A static cache gives every
+step the same tensor shapes, so transformers' ``generate`` compiles the step once with
+``mode="reduce-overhead"`` and replays it as one CUDA graph.
+
+Costs to know: the first reply after start-up, and the first at each new batch size or
+larger cache, waits for the compilation (tens of seconds for a 7B model); the cache only ever
+grows, so this settles after a few replies. transformers compiles only on GPUs: on a CPU the
+static cache is used without compilation, which gains nothing, so the loader refuses it there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+COMPILE_MODE = "reduce-overhead"
+"""torch.compile mode: inductor kernels captured into CUDA graphs."""
+
+
+def enable_compiled_decoding(model: Any, *, fullgraph: bool = False) -> None:
+    """Make ``model.generate`` decode with a static KV cache and a compiled forward step.
+
+    ``fullgraph=False`` lets torch.compile split the graph where a layer cannot be traced
+    (bitsandbytes' NF4 layers) instead of failing; fully traceable models (bf16, torchao
+    int4) compile into one graph either way.
+    """
+    from transformers import CompileConfig
+
+    config = model.generation_config
+    config.cache_implementation = "static"
+    config.compile_config = CompileConfig(fullgraph=fullgraph, mode=COMPILE_MODE)
+
+
+def compiled_decoding_enabled(model: Any) -> bool:
+    """Whether :func:`enable_compiled_decoding` was applied (for names and logs)."""
+    config = getattr(model, "generation_config", None)
+    return getattr(config, "cache_implementation", None) == "static"
+
+
+class GraphDecoder:
+    """Greedy decoding whose whole one-token step (forward and argmax) is one CUDA graph.
+
+    Why, beside ``generate``: with compiled decoding, ``generate`` still runs its per-token
+    bookkeeping in Python (input preparation, logits processors, stopping criteria, a
+    device-to-host sync), and on a slow host that costs more than the 4-bit forward pass
+    itself. This loop does per token only a graph replay and a copy of the new token, and
+    looks for end-of-sequence tokens every ``check_every`` tokens. It is the lean decode
+    path for a scheduler to drive; it handles equal-length (unpadded) prompts and greedy
+    decoding only.
+    """
+
+    def __init__(
+        self, model: Any, max_cache_len: int, *, check_every: int = 16, compile: bool = True
+    ) -> None:
+        """``compile=False`` runs the same loop uncompiled (CPUs, tests)."""
+        import torch
+
+        self._model = model
+        self._max_cache_len = max_cache_len
+        self._check_every = check_every
+        self._cache: Any = None
+        self._batch = 0
+        # dynamic=False: one specialised graph per batch size, never a slower dynamic one.
+        self._step = (
+            torch.compile(self._decode_step, mode=COMPILE_MODE, fullgraph=True, dynamic=False)
+            if compile
+            else self._decode_step
+        )
+
+    def _decode_step(self, tokens: Any, cache_position: Any) -> Any:
+        logits = self._model(
+            input_ids=tokens,
+            past_key_values=self._cache,
+            cache_position=cache_position,
+            # Given explicitly: derived from the cache's length, it would be a Python int
+            # that changes every step and forces a recompilation each time.
+            position_ids=cache_position.unsqueeze(0),
+            use_cache=True,
+        ).logits
+        return logits[:, -1, :].argmax(dim=-1, keepdim=True)
+
+    def _reset_cache(self, batch: int) -> None:
+        from transformers import StaticCache
+
+        if self._cache is None or batch != self._batch:
+            self._cache = StaticCache(config=self._model.config, max_cache_len=self._max_cache_len)
+            self._batch = batch
+        else:
+            self._cache.reset()
+
+    def generate(self, input_ids: Any, max_new_tokens: int, eos_token_id: int | None = None) -> Any:
+        """Prompt plus up to ``max_new_tokens`` greedy tokens, shape ``[batch, length]``."""
+        import torch
+
+        batch, prompt = input_ids.shape
+        if prompt + max_new_tokens > self._max_cache_len:
+            raise ValueError(
+                f"prompt {prompt} + {max_new_tokens} new tokens exceed the static cache of "
+                f"{self._max_cache_len} tokens"
+            )
+        with torch.inference_mode():
+            self._reset_cache(batch)
+            positions = torch.arange(prompt, device=input_ids.device)
+            logits = self._model(
+                input_ids=input_ids,
+                past_key_values=self._cache,
+                cache_position=positions,
+                use_cache=True,
+            ).logits  # the prefill runs uncompiled: its shape changes with every prompt
+            token = logits[:, -1, :].argmax(dim=-1, keepdim=True)
+            out = [token]
+            position = torch.tensor([prompt], device=input_ids.device)
+            for step in range(1, max_new_tokens):
+                # The graph's output buffer is overwritten by the next replay: keep a copy.
+                token = self._step(token, position).clone()
+                out.append(token)
+                position += 1
+                if eos_token_id is not None and step % self._check_every == 0:
+                    done = (torch.cat(out, dim=1) == eos_token_id).any(dim=1)
+                    if bool(done.all()):
+                        break
+            return torch.cat([input_ids, *out], dim=1)
