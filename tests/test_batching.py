@@ -24,7 +24,7 @@ from core.errors import GeneratorBusyError
 from core.generation.base import Generation
 from core.generation.batching import BatchingConfig, BatchScheduler, ModelFacts
 from core.generation.sampling import BatchSampler, RowSampler
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.transformers_backend import TransformersGenerator, model_facts
 from core.types import Author, ChatMessage, ConversationRef, SamplingParams
 from tests.conftest import SettingsFactory
 from tests.test_reliability import terse_settings
@@ -338,6 +338,8 @@ async def test_offline_model_batched_greedy_equals_unbatched(
                 do_sample=False,
                 repetition_penalty=1.1,
                 pad_token_id=tokenizer.pad_token_id,
+                # The generator ends a reply at any chat-turn marker, not only at EOS.
+                eos_token_id=sorted(model_facts(model, tokenizer).eos_ids),
             )
         expected.append(tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True))
     assert len({len(batched._encode(chat)) for chat in CHATS}) == len(CHATS)

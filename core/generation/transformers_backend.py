@@ -69,7 +69,7 @@ class TransformersGenerator:
         compiled = ", compiled" if compiled_decoding_enabled(model) else ""
         self._name = f"{spec.profile} ({spec.device}, {dtype}{quant}{adapter}{compiled})"
         self._scheduler = BatchScheduler(
-            self._model_for, _model_facts(model, tokenizer), batching or BatchingConfig()
+            self._model_for, model_facts(model, tokenizer), batching or BatchingConfig()
         )
 
     # -- Generator port ---------------------------------------------------------------------
@@ -172,7 +172,7 @@ def turn_token_ids(tokenizer: Any) -> set[int]:
     return {int(vocab[token]) for token in TURN_TOKENS if token in vocab}
 
 
-def _model_facts(model: Any, tokenizer: Any) -> ModelFacts:
+def model_facts(model: Any, tokenizer: Any) -> ModelFacts:
     """End-of-turn tokens (generation config, tokenizer, chat-turn markers), padding and
     vocabulary size."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

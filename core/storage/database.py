@@ -12,6 +12,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -100,10 +102,11 @@ def prepare_sqlite_file(path: Path) -> None:
         )
 
 
-def _install_sqlite_pragmas(engine: AsyncEngine, *, file_db: bool) -> None:
+def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
     """Tune every new SQLite connection; pragmas are per connection, so one-off is not enough.
 
-    WAL lets readers run while a reply is being written, busy_timeout makes concurrent writers
+    (WAL, which lets readers run while a reply is being written, is a property of the file and
+    is switched on once by :meth:`Database.open`.) busy_timeout makes concurrent writers
     wait instead of failing with "database is locked", foreign_keys enables the ON DELETE
     rules the schema relies on, and synchronous=NORMAL is the safe setting for WAL.
     """
@@ -112,13 +115,41 @@ def _install_sqlite_pragmas(engine: AsyncEngine, *, file_db: bool) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            if file_db:
-                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
+
+
+def _switch_to_wal(path: Path) -> None:
+    """Put the database file in WAL mode (stored in the file, so once is enough).
+
+    Changing the journal mode needs the file to itself, and SQLite answers "database is
+    locked" at once rather than through the busy timeout; hence the retries, on a worker
+    thread, while the caller holds the start-up lock that keeps other bots from migrating.
+    """
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as connection:
+        for pause in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 0.0):
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or not pause:
+                    raise
+                time.sleep(pause)
+
+
+async def _prepare_sqlite_file(engine: AsyncEngine) -> None:
+    """WAL mode for a SQLite file, switched under the start-up lock before any other work."""
+    path = sqlite_file(engine.url)
+    if path is None:
+        return
+    try:
+        async with _sqlite_migration_lock(engine):
+            await asyncio.to_thread(_switch_to_wal, path)
+    except (sqlite3.Error, OSError) as exc:
+        raise StorageError(f"Cannot open the database {masked(engine.url)}: {exc}") from exc
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -143,7 +174,7 @@ def make_engine(url: str) -> AsyncEngine:
             "sqlite+aiosqlite:// or postgresql+asyncpg://."
         ) from exc
     if parsed.get_backend_name() == "sqlite":
-        _install_sqlite_pragmas(engine, file_db=path is not None)
+        _install_sqlite_pragmas(engine)
     return engine
 
 
@@ -184,6 +215,7 @@ class Database:
         policy = retry or RetryPolicy()
         engine = make_engine(url)
         try:
+            await _prepare_sqlite_file(engine)
             await _open_with_retries(engine, policy, auto_migrate=auto_migrate)
         except BaseException:
             await engine.dispose()
