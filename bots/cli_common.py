@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import warnings
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,6 +47,12 @@ def configure_logging(level: str) -> None:
     # Library chatter drowns the chat; keep their warnings and errors only.
     for noisy in ("httpx", "transformers", "peft", "accelerate", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # bitsandbytes asks every CPU user to install an optional kernels package; peft calls a
+    # transformers method transformers has deprecated. Neither is anything a user can act on.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning
+    )
     try:
         from transformers.utils import logging as hf_logging
 
