@@ -28,16 +28,9 @@ persona_app = typer.Typer(
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[ConversationStore]:
     """The database the bot uses, migrated as at start-up, for one command's work."""
-    from core.bootstrap import prepare_data_dir, retry_policy
-    from core.storage import Database
+    from core.bootstrap import open_database
 
-    if settings.database_url is None:
-        prepare_data_dir(settings)
-    database = await Database.open(
-        settings.resolved_database_url,
-        auto_migrate=settings.auto_migrate,
-        retry=retry_policy(settings),
-    )
+    database = await open_database(settings)
     try:
         yield ConversationStore(database)
     finally:

@@ -74,6 +74,18 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
+async def open_database(settings: Settings) -> Database:
+    """The configured database, its data folder made and its schema migrated as allowed;
+    shared by the engine and the commands that work on stored data without a model."""
+    if settings.database_url is None:
+        prepare_data_dir(settings)
+    return await Database.open(
+        settings.resolved_database_url,
+        auto_migrate=settings.auto_migrate,
+        retry=retry_policy(settings),
+    )
+
+
 async def build_engine(settings: Settings, *, generator: Generator | None = None) -> Engine:
     """Open storage (migrating it), load personas, the mood detector and the model.
 
@@ -81,13 +93,7 @@ async def build_engine(settings: Settings, *, generator: Generator | None = None
     whatever embeds the engine gets that protection without asking for it.
     """
     redaction.install(settings)
-    if settings.database_url is None:
-        prepare_data_dir(settings)
-    database = await Database.open(
-        settings.resolved_database_url,
-        auto_migrate=settings.auto_migrate,
-        retry=retry_policy(settings),
-    )
+    database = await open_database(settings)
     try:
         store = ConversationStore(database)
         personas = await load_personas(settings, store)
