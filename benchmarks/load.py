@@ -46,6 +46,7 @@ from core.generation.base import Generator
 from core.generation.batching import BatchingConfig
 from core.generation.factory import create_generator
 from core.generation.profiles import ModelSpec
+from core.generation.quantization import Quantization
 from core.settings import Settings
 from core.types import Author, ConversationRef
 
@@ -121,13 +122,17 @@ def word_tokenizer(vocab_size: int) -> Any:
 
 
 def random_generator(
-    name: str, device: str, load_in_4bit: bool, batching: BatchingConfig
+    name: str, device: str, quantization: Quantization, batching: BatchingConfig
 ) -> Generator:
-    """The transformers backend over a random model of ``name``'s shape."""
+    """The transformers backend over a random model of ``name``'s shape.
+
+    ``quantization`` is ``nf4`` (bitsandbytes), ``int4`` (torchao tinygemm, CUDA only) or
+    ``none`` (bf16 on CUDA, fp32 on a CPU), quantised in memory as the engine's loader does.
+    """
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from core.generation.quantization import compute_dtype, quantize_nf4
+    from core.generation.quantization import compute_dtype, quantize_int4, quantize_nf4
     from core.generation.transformers_backend import TransformersGenerator
 
     dims = RANDOM_MODELS[name]
@@ -137,10 +142,12 @@ def random_generator(
     causal_lm: Any = MistralForCausalLM  # untyped in transformers
     with torch.device(device):
         model = causal_lm._from_config(config, dtype=dtype)
-    if load_in_4bit:
+    if quantization == "nf4":
         quantize_nf4(model, device)
-        if device == "cuda":
-            torch.cuda.empty_cache()
+    elif quantization == "int4":
+        quantize_int4(model, device)
+    if device == "cuda":
+        torch.cuda.empty_cache()
     model.eval()
     tokenizer = word_tokenizer(dims["vocab_size"])
     spec = ModelSpec(
@@ -148,7 +155,7 @@ def random_generator(
         source="random weights",
         gguf_file=None,
         converted_dir=None,
-        quantization="nf4" if load_in_4bit else "none",
+        quantization=quantization,
         adapter=None,
         device=device,
         system_role=False,
@@ -216,6 +223,7 @@ def settings_for(args: argparse.Namespace, data_dir: Path) -> Settings:
         max_queued_requests=args.max_queued,
         max_prompt_tokens=args.max_prompt_tokens,
         load_in_4bit=None if args.random_model else args.load_in_4bit,
+        quantization="auto" if args.random_model or not args.quantization else args.quantization,
     )
 
 
@@ -238,10 +246,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         settings = settings_for(args, data_dir)
         started = time.perf_counter()
         if args.random_model:
-            load_in_4bit = cuda if args.load_in_4bit is None else args.load_in_4bit
+            quantization: Quantization = args.quantization or ("nf4" if cuda else "none")
             batching = BatchingConfig.from_settings(settings)
             generator = await asyncio.to_thread(
-                random_generator, args.random_model, args.device, load_in_4bit, batching
+                random_generator, args.random_model, args.device, quantization, batching
             )
         else:
             generator = await create_generator(settings)
@@ -328,7 +336,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--load-in-4bit",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="NF4 weights (default: the profile's choice; for a random model, on CUDA)",
+        help="NF4 weights for a profile's model (default: the profile's choice)",
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=("nf4", "int4", "none"),
+        default=None,
+        help="weight format (PERSONABOT_QUANTIZATION); for a random model the default is nf4 "
+        "on CUDA and none on a CPU; int4 needs CUDA and torchao",
     )
     parser.add_argument(
         "--max-batch-size", type=int, default=0, help="PERSONABOT_MAX_BATCH_SIZE (0: N)"

@@ -24,6 +24,7 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.mood import MoodDetector, create_mood_detector
+from core.settings import Settings
 from training.dailydialog import load_split
 from training.mood_eval import evaluate, rounded
 
@@ -49,8 +50,18 @@ def build(name: str, args: argparse.Namespace) -> tuple[MoodDetector, dict[str, 
 
         return TfidfMoodDetector.load(args.tfidf_model), {"model": str(args.tfidf_model)}
     started = time.perf_counter()
-    detector = create_mood_detector(name)
-    return detector, {"load_s": round(time.perf_counter() - started, 1)}
+    if name == "classifier" and args.classifier_backend != "onnx":
+        from core.mood_classifier import ClassifierMoodDetector
+
+        detector: MoodDetector = ClassifierMoodDetector.load(
+            backend=args.classifier_backend, cache_dir=args.cache_dir
+        )
+    else:
+        detector = create_mood_detector(name, cache_dir=args.cache_dir)
+    notes: dict[str, Any] = {"load_s": round(time.perf_counter() - started, 1)}
+    if name == "classifier":
+        notes["backend"] = args.classifier_backend
+    return detector, notes
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -102,8 +113,23 @@ def main() -> None:
     )
     parser.add_argument("--limit", type=int, default=None, help="first N utterances only")
     parser.add_argument("--tfidf-model", type=Path, default=None, help="saved TF-IDF model")
+    parser.add_argument(
+        "--classifier-backend",
+        choices=["onnx", "torch"],
+        default="onnx",
+        help="how the classifier runs: onnx (the default detector) or the eager torch "
+        "reference (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where the classifier's ONNX export is kept (default: the settings' cache dir)",
+    )
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
+    if args.cache_dir is None:
+        args.cache_dir = Settings().resolved_cache_dir
     results = run(args)
     text = json.dumps(results, indent=2)
     if args.json_out is not None:

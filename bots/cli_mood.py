@@ -56,16 +56,19 @@ def mood(
     """Print the mood of TEXT and the detector's confidence, e.g. `happiness 0.87`."""
     settings = settings_or_exit(config)
     name = _detector_name(detector, settings.mood_detector)
-    run_command(_mood(name, text, previous, settings.max_message_chars))
+    run_command(
+        _mood(name, text, previous, settings.max_message_chars, settings.resolved_cache_dir)
+    )
 
 
-async def _mood(name: str, text: str, previous: str | None, max_chars: int) -> int:
+async def _mood(name: str, text: str, previous: str | None, max_chars: int, cache_dir: Path) -> int:
     from core.mood import create_mood_detector
     from core.text import clean_user_text
 
     # The same normalisation the engine applies before it asks the detector.
     text = clean_user_text(text, max_chars=max_chars)
-    result = await create_mood_detector(name).detect(text, previous or None)
+    detector = create_mood_detector(name, cache_dir=cache_dir)
+    result = await detector.detect(text, previous or None)
     typer.echo(f"{result.mood.value} {result.confidence:.2f}")
     return 0
 
@@ -93,10 +96,10 @@ def eval_mood(
     """
     settings = settings_or_exit(config)
     name = _detector_name(detector, settings.mood_detector)
-    run_command(_eval_mood(name, data, split, limit))
+    run_command(_eval_mood(name, data, split, limit, settings.resolved_cache_dir))
 
 
-async def _eval_mood(name: str, data: Path, split: str, limit: int | None) -> int:
+async def _eval_mood(name: str, data: Path, split: str, limit: int | None, cache_dir: Path) -> int:
     from core.mood import create_mood_detector
     from training.dailydialog import DatasetError, load_split
     from training.mood_eval import aevaluate, rounded
@@ -107,7 +110,7 @@ async def _eval_mood(name: str, data: Path, split: str, limit: int | None) -> in
     except DatasetError as exc:
         typer.echo(f"personabot: {exc}", err=True)
         return 2
-    mood_detector = create_mood_detector(name)
+    mood_detector = create_mood_detector(name, cache_dir=cache_dir)
     report = await aevaluate(mood_detector, dialogues, limit=limit, progress=True)
     report.update(data=str(data), split=split)
     typer.echo(json.dumps(rounded(report)))

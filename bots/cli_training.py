@@ -135,6 +135,13 @@ def train(
         str | None,
         typer.Option(help="Use this persona's system prompt in the examples (default: neutral)."),
     ] = None,
+    extra_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Chat-format JSONL added to the training examples as it is (repeatable), "
+            "e.g. the output of persona-replay, which keeps personas in character."
+        ),
+    ] = None,
     load_in_4bit: Annotated[
         bool,
         typer.Option(
@@ -250,6 +257,7 @@ def train(
         eval_data=str(eval_data) if eval_data else None,
         include_first_turn=include_first_turn,
         persona=persona,
+        extra_data=[str(path) for path in extra_data or []],
         load_in_4bit=load_in_4bit,
         device=device or settings.device,
         epochs=epochs,
@@ -316,6 +324,14 @@ def evaluate(
         int,
         typer.Option(min=0, help="Replies generated per model for emotion_match_rate (0: none)."),
     ] = 100,
+    max_voice: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Replies generated per model and stylised persona (pirate, bard) for "
+            "persona_voice_rate (0: none).",
+        ),
+    ] = 100,
     batch_size: Annotated[int, typer.Option(min=1, help="Examples per batch.")] = 16,
     seq_len: Annotated[int, typer.Option(min=32, help="Longest example in tokens.")] = 512,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest generated reply.")] = 48,
@@ -331,7 +347,8 @@ def evaluate(
     """Perplexity on reply turns (base vs base + adapter) and how often replies carry the
     requested emotion, judged by the mood classifier: one JSON object on standard output.
 
-    Keys include perplexity_base, perplexity_adapter, emotion_match_rate (and _base), the
+    Keys include perplexity_base, perplexity_adapter, emotion_match_rate (and _base),
+    persona_voice_rate (and _base: how often pirate and bard replies are in character), the
     counts, and a few sample replies. Progress bars go to standard error.
     """
     overrides: dict[str, Any] = {"model_profile": profile, "adapter_path": adapter}
@@ -351,6 +368,7 @@ def evaluate(
         data_format=data_format,
         max_examples=max_examples,
         max_generate=max_generate,
+        max_voice=max_voice,
         batch_size=batch_size,
         seq_len=seq_len,
         max_new_tokens=max_new_tokens,
@@ -368,8 +386,70 @@ def evaluate(
     typer.echo(text)
 
 
+def persona_replay(
+    data: Annotated[
+        Path,
+        typer.Option(help="DailyDialog: a folder holding the splits, or one split's .zip."),
+    ],
+    output: Annotated[Path, typer.Option(help="Chat-format JSONL to write.")],
+    split: Annotated[str, typer.Option(help="DailyDialog split whose contexts to use.")] = (
+        "train"
+    ),
+    examples: Annotated[
+        int, typer.Option(min=1, help="Replies to generate, spread over the personas.")
+    ] = 12000,
+    personas: Annotated[
+        str | None, typer.Option(help="Comma-separated persona names (default: all built-in).")
+    ] = None,
+    profile: ProfileOption = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(help="Local model folder, Hub id or .gguf file replacing the profile's."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Replies generated at once.")] = 64,
+    max_new_tokens: Annotated[
+        int, typer.Option(min=8, help="Longest reply; longer ones are cut to a full sentence.")
+    ] = 80,
+    seed: Annotated[int, typer.Option(help="Seed of the sample and the sampling.")] = 42,
+    config: ConfigOption = None,
+) -> None:
+    """Have the base model answer DailyDialog contexts in each persona's voice, for training.
+
+    Fine-tuning on DailyDialog alone teaches the adapter to ignore the persona (the human
+    replies are never in character). Pass this file to `personabot train --extra-data` so
+    the adapter keeps the base model's in-character replies while it learns DailyDialog's.
+    """
+    settings = settings_or_exit(config, model_profile=profile)
+    from core.errors import PersonabotError
+    from core.generation.profiles import resolve_profile_name
+    from training.dailydialog import DatasetError
+    from training.persona_replay import ReplayConfig, ReplayError, make_replay
+
+    run = ReplayConfig(
+        data=str(data),
+        output=str(output),
+        split=split,
+        examples=examples,
+        personas=[n.strip() for n in personas.split(",") if n.strip()] if personas else None,
+        profile=resolve_profile_name(settings),
+        base_model=base_model,
+        device=device or settings.device,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        cache_dir=str(settings.resolved_cache_dir),
+    )
+    try:
+        report = make_replay(run)
+    except (ReplayError, DatasetError, PersonabotError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
+
+
 def register_training_commands(app: typer.Typer) -> None:
     """Attach the training commands to the main CLI app."""
     app.command("train-mood")(train_mood)
     app.command("train")(train)
     app.command("eval")(evaluate)
+    app.command("persona-replay")(persona_replay)

@@ -97,7 +97,9 @@ async def build_engine(settings: Settings, *, generator: Generator | None = None
     try:
         store = ConversationStore(database)
         personas = await load_personas(settings, store)
-        mood_detector = create_mood_detector(settings.mood_detector)
+        mood_detector = create_mood_detector(
+            settings.mood_detector, cache_dir=settings.resolved_cache_dir
+        )
         if generator is None:
             adapters = any(persona.adapter for persona in personas.all())
             generator = await create_generator(settings, persona_adapters=adapters)

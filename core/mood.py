@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
 from core.errors import ConfigError
@@ -783,15 +784,20 @@ def _shouted(token: str) -> bool:
 DETECTORS: Final[tuple[str, ...]] = ("classifier", "lexicon", "tfidf", "text2emotion")
 
 
-def create_mood_detector(name: str) -> MoodDetector:
-    """Build the detector called ``name``; raises :class:`ConfigError` listing valid names."""
+def create_mood_detector(name: str, *, cache_dir: Path | None = None) -> MoodDetector:
+    """Build the detector called ``name``; raises :class:`ConfigError` listing valid names.
+
+    ``cache_dir`` (``Settings.resolved_cache_dir``) is where a model-backed detector may keep
+    converted weights between runs (the classifier's ONNX export); without it they are
+    rebuilt in memory at every load.
+    """
     key = name.strip().lower()
     if key == "lexicon":
         return LexiconMoodDetector()
     if key == "classifier":
         from core.mood_classifier import ClassifierMoodDetector
 
-        return ClassifierMoodDetector.load()
+        return ClassifierMoodDetector.load(cache_dir=cache_dir)
     if key == "tfidf":
         from core.mood_tfidf import TfidfMoodDetector
 

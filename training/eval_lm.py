@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.mood import MoodDetector
+from core.personas import Persona
 from core.settings import Settings
 from core.types import ChatMessage, Mood
 from training.dailydialog import Dialogue, load_split
+from training.persona_voice import has_voice_markers, in_voice
 from training.sft_data import (
     ChatExample,
     ChatFormatter,
@@ -53,6 +55,8 @@ class LMEvalConfig:
     seq_len: int = 512
     max_new_tokens: int = 48
     judge: str = "classifier"
+    max_voice: int = 100
+    """Replies generated (per model and per stylised persona) for persona_voice_rate; 0 skips."""
     include_first_turn: bool = False
     seed: int = 42
 
@@ -86,10 +90,13 @@ def generate_replies(
     max_new_tokens: int,
     progress: bool = True,
     desc: str = "generating",
+    sampling: dict[str, float] | None = None,
 ) -> list[str]:
     """Greedy replies (repetition penalty 1.1, like the personas' defaults), batched.
 
     Greedy decoding makes the rate reproducible and the base/adapter comparison paired.
+    ``sampling`` (temperature, top_p, top_k, repetition_penalty) samples instead, as a
+    persona does at run time; the caller seeds torch.
     """
     import torch
     from tqdm import tqdm
@@ -97,6 +104,17 @@ def generate_replies(
     pad_id = int(tokenizer.pad_token_id)
     stops = sorted({formatter.end_id, int(tokenizer.eos_token_id)})
     prompts = [_fit_prompt(formatter, ex, max(16, seq_len - max_new_tokens)) for ex in examples]
+    decoding: dict[str, Any] = (
+        {"do_sample": True, **sampling}
+        if sampling
+        else {
+            "do_sample": False,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+            "repetition_penalty": 1.1,
+        }
+    )
     replies: list[str] = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
@@ -107,11 +125,7 @@ def generate_replies(
                 input_ids=batch["input_ids"].to(device),
                 attention_mask=batch["attention_mask"].to(device),
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                repetition_penalty=1.1,
+                **decoding,
                 pad_token_id=pad_id,
                 eos_token_id=stops,
             )
@@ -268,8 +282,92 @@ def evaluate_adapter(
                 )[:5]
             ],
         )
+    if dialogues is not None and config.max_voice > 0:
+        report.update(
+            voice_report(
+                model,
+                tokenizer,
+                formatter,
+                dialogues,
+                config=config,
+                device=device,
+                progress=progress,
+            )
+        )
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def voice_requests(
+    dialogues: Sequence[Dialogue], persona: Persona, split: str, limit: int, seed: int
+) -> list[ChatExample]:
+    """A seeded sample of reply turns asked of ``persona``, with its run-time system prompt."""
+    turns = [(d, t) for d in dialogues for t in range(1, len(d.turns))]
+    return [
+        dialogue_example(*turns[i], split=split, persona=persona)
+        for i in _sample(len(turns), limit, seed)
+    ]
+
+
+def voice_report(
+    model: Any,
+    tokenizer: Any,
+    formatter: ChatFormatter,
+    dialogues: Sequence[Dialogue],
+    *,
+    config: LMEvalConfig,
+    device: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """How often greedy replies to persona prompts are in the persona's voice, adapter vs base.
+
+    This is the "persona prompts are still obeyed" check: fine-tuning on plain human replies
+    can teach a model to ignore the character it is given. Only personas whose voice shows in
+    their words are judged (:mod:`training.persona_voice`).
+    """
+    from core.personas import load_builtin_personas
+
+    rates: dict[str, dict[str, float]] = {}
+    samples: dict[str, list[dict[str, str]]] = {}
+    for persona in load_builtin_personas():
+        if not has_voice_markers(persona.name):
+            continue
+        requests = voice_requests(dialogues, persona, config.split, config.max_voice, config.seed)
+
+        def generate(desc: str, requests: list[ChatExample] = requests) -> list[str]:
+            return generate_replies(
+                model,
+                tokenizer,
+                formatter,
+                requests,
+                device=device,
+                batch_size=config.batch_size,
+                seq_len=config.seq_len,
+                max_new_tokens=config.max_new_tokens,
+                progress=progress,
+                desc=desc,
+            )
+
+        replies = generate(f"voice of {persona.name} (adapter)")
+        with model.disable_adapter():
+            base_replies = generate(f"voice of {persona.name} (base)")
+        rates[persona.name] = {
+            "requests": len(requests),
+            "rate": sum(in_voice(persona.name, r) for r in replies) / len(replies),
+            "rate_base": sum(in_voice(persona.name, r) for r in base_replies) / len(replies),
+        }
+        samples[persona.name] = [
+            {"context": _last_user(q.messages), "adapter": r, "base": b}
+            for q, r, b in list(zip(requests, replies, base_replies, strict=True))[:3]
+        ]
+    if not rates:
+        return {}
+    return {
+        "persona_voice_rate": sum(r["rate"] for r in rates.values()) / len(rates),
+        "persona_voice_rate_base": sum(r["rate_base"] for r in rates.values()) / len(rates),
+        "per_persona_voice": rates,
+        "voice_samples": samples,
+    }
 
 
 def _last_user(messages: Sequence[ChatMessage]) -> str:
@@ -309,7 +407,11 @@ def run_evaluation(
             f"(it lands in {folder})."
         )
     wants_judge = dialogues is not None and config.max_generate > 0
-    detector = create_mood_detector(config.judge) if wants_judge else None
+    detector = (
+        create_mood_detector(config.judge, cache_dir=settings.resolved_cache_dir)
+        if wants_judge
+        else None
+    )
     model, tokenizer, system_role = load_model(spec)
     result = evaluate_adapter(
         model,
@@ -343,7 +445,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     defaults = LMEvalConfig(data="")
     for name in ("split", "data_format", "judge"):
         parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name))
-    for name in ("max_examples", "max_generate", "batch_size", "seq_len", "max_new_tokens", "seed"):
+    for name in (
+        "max_examples",
+        "max_generate",
+        "max_voice",
+        "batch_size",
+        "seq_len",
+        "max_new_tokens",
+        "seed",
+    ):
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
         )
@@ -365,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         data_format=args.data_format,
         max_examples=args.max_examples,
         max_generate=args.max_generate,
+        max_voice=args.max_voice,
         batch_size=args.batch_size,
         seq_len=args.seq_len,
         max_new_tokens=args.max_new_tokens,

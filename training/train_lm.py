@@ -87,6 +87,9 @@ class LMTrainConfig:
     """Share of an Alpaca file held out for validation when ``eval_data`` is not given."""
     include_first_turn: bool = False
     persona: str | None = None
+    extra_data: list[str] = field(default_factory=list)
+    """Chat-format JSONL files added to the training examples as they are (their own system
+    prompts): e.g. the persona replay from ``personabot persona-replay``."""
     load_in_4bit: bool = True
     device: str = "auto"
     epochs: float = 1.0
@@ -861,6 +864,8 @@ def load_train_eval(
         evaluation = [ex for i, ex in enumerate(train) if i in held_out]
         train = [ex for i, ex in enumerate(train) if i not in held_out]
     train = _subset(train, config.max_train_examples, config.seed)
+    for extra in config.extra_data:
+        train = train + load_examples(extra, config.train_split, data_format="chat")
     evaluation = _subset(evaluation, config.max_eval_examples, config.seed + 1)
     return train, evaluation
 
@@ -1042,7 +1047,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             parser.add_argument(flag, type=type(value), default=value)
     args = vars(parser.parse_args(argv))
-    args["lora_targets"] = [t.strip() for t in str(args["lora_targets"]).split(",") if t.strip()]
+    for name in ("lora_targets", "extra_data"):
+        args[name] = [t.strip() for t in str(args[name]).split(",") if t.strip()]
     logging.basicConfig(level=logging.WARNING)
     from core.errors import PersonabotError
     from training.dailydialog import DatasetError
