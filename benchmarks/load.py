@@ -9,9 +9,10 @@ scheduler batched (mean and peak batch size), and peak GPU memory on CUDA.
 
     # the offline model on this CPU
     .venv/bin/python -m benchmarks.load --conversations 8 --messages 3 --max-new-tokens 32
-    # a Mistral-7B-shaped model with random weights, NF4, on a GPU (no Hub, no downloads)
+    # a Mistral-7B-shaped model with random weights on a GPU (no Hub, no downloads):
+    # NF4 by default, --quantization int4 (torchao) or none (bf16)
     python -m benchmarks.load --random-model mistral-7b --conversations 32 --messages 4 \\
-        --max-new-tokens 64
+        --max-new-tokens 64 --quantization int4
     # a toy random model on a CPU (smoke test)
     python -m benchmarks.load --random-model tiny --conversations 4 --messages 2
 
@@ -20,7 +21,7 @@ gets a word-level tokenizer built on the spot (32,000 entries: the words of the 
 library, then filler words) with Mistral's chat format, so prompts have realistic token
 counts and every sampled token decodes to a word; replies are nonsense words and run to the
 token limit, which is what a load test wants. It needs only torch, transformers, tokenizers,
-bitsandbytes (for NF4) and this repository.
+bitsandbytes (for NF4) or torchao (for int4) and this repository.
 """
 
 from __future__ import annotations

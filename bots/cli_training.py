@@ -331,7 +331,7 @@ def evaluate(
             help="Replies generated per model and stylised persona (pirate, bard) for "
             "persona_voice_rate (0: none).",
         ),
-    ] = 100,
+    ] = 50,
     batch_size: Annotated[int, typer.Option(min=1, help="Examples per batch.")] = 16,
     seq_len: Annotated[int, typer.Option(min=32, help="Longest example in tokens.")] = 512,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest generated reply.")] = 48,

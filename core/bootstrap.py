@@ -7,6 +7,7 @@ wiring the product runs with.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -97,8 +98,9 @@ async def build_engine(settings: Settings, *, generator: Generator | None = None
     try:
         store = ConversationStore(database)
         personas = await load_personas(settings, store)
-        mood_detector = create_mood_detector(
-            settings.mood_detector, cache_dir=settings.resolved_cache_dir
+        # Off the event loop: the classifier's first load exports it to ONNX (about 15 s).
+        mood_detector = await asyncio.to_thread(
+            create_mood_detector, settings.mood_detector, cache_dir=settings.resolved_cache_dir
         )
         if generator is None:
             adapters = any(persona.adapter for persona in personas.all())

@@ -40,6 +40,8 @@ from typing import Any, Literal
 from core.errors import ConfigError
 from core.types import Mood, MoodResult
 
+_log = logging.getLogger(__name__)
+
 ARTIFACT_FORMAT = 1
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "mood_model"
 #: Bump when the ONNX export or its quantisation changes: it is part of the cache key.
@@ -187,10 +189,11 @@ def _version(distribution: str) -> str:
 def export_cache_key(artifact: Path, *, quantize: bool) -> str:
     """What an ONNX export of ``artifact`` depends on, hashed.
 
-    Every file of the artifact (contents), the base weights (file names and sizes, small files'
-    contents, the package version), the versions of torch, onnx, onnxscript and onnxruntime,
-    the export recipe and whether it is quantised. Hashing the base weights' 90 MB on every
-    load would cost more than it protects: they come from a pinned package.
+    Every file of the artifact (contents; not its Markdown), the base weights (file names and
+    sizes, small files' contents, the package version), the versions of torch, onnx,
+    onnxscript, onnxruntime, transformers and peft, the export recipe and whether it is
+    quantised. Hashing the base weights' 90 MB on every load would cost more than it
+    protects: they come from a pinned package.
     """
     digest = hashlib.sha256()
 
@@ -209,7 +212,9 @@ def export_cache_key(artifact: Path, *, quantize: bool) -> str:
         add("base", path.relative_to(base).as_posix(), str(size))
         if size < 1 << 20:
             add(path.read_bytes())
-    for path in sorted(p for p in artifact.rglob("*") if p.is_file()):
+    # Every artifact file but its documentation (MODEL_CARD.md): editing prose should not
+    # cost a re-export, anything else might change the graph.
+    for path in sorted(p for p in artifact.rglob("*") if p.is_file() and p.suffix != ".md"):
         add("artifact", path.relative_to(artifact).as_posix(), path.read_bytes())
     return digest.hexdigest()[:32]
 
@@ -302,6 +307,7 @@ def cached_onnx(
     target = folder / f"moodnet-{key}{'-int8' if quantize else ''}.onnx"
     if target.is_file():
         return target
+    _log.warning("Exporting the mood classifier to ONNX once (about 15 s); cached at %s", target)
     folder.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=folder)
     os.close(fd)
@@ -373,7 +379,6 @@ class ClassifierMoodDetector:
         self._labels = [Mood.parse(label) for label in meta["labels"]]
         self._temperature = float(meta["temperature"])
         self._threshold = float(meta["threshold"])
-        self._max_length = int(meta["max_length"])
         self._context = bool(meta["context"])
         # One intra-op thread for this small model: measured here, a MiniLM forward pass on
         # a worker thread took 12 ms p50 with torch's two OpenMP threads and about 6 ms with

@@ -32,7 +32,8 @@ ONE_STEP = (
     "--seq-len 128"
 )
 SMALL_EVAL = (
-    "--split validation --max-examples 4 --max-generate 2 --max-new-tokens 12 --judge lexicon"
+    "--split validation --max-examples 4 --max-generate 2 --max-voice 2 --max-new-tokens 12 "
+    "--judge lexicon"
 )
 
 needs_dailydialog = pytest.mark.skipif(
@@ -318,4 +319,7 @@ async def test_trained_adapter_serves_in_the_engine_and_evaluates(
     assert 0.0 <= report["emotion_match_rate"] <= 1.0
     assert report["perplexity_base"] != report["perplexity_adapter"]
     assert report["adapter"] == str(adapter) and report["judge"] == "lexicon"
+    assert set(report["per_persona_voice"]) == {"pirate", "bard"}
+    assert all(v["requests"] == 2 for v in report["per_persona_voice"].values())
+    assert 0.0 <= report["persona_voice_rate"] <= 1.0
     assert json.loads((tmp_path / "eval.json").read_text()) == report

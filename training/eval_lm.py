@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from core.generation.transformers_backend import turn_token_ids
 from core.mood import MoodDetector
 from core.personas import Persona
 from core.settings import Settings
@@ -55,7 +56,7 @@ class LMEvalConfig:
     seq_len: int = 512
     max_new_tokens: int = 48
     judge: str = "classifier"
-    max_voice: int = 100
+    max_voice: int = 50
     """Replies generated (per model and per stylised persona) for persona_voice_rate; 0 skips."""
     include_first_turn: bool = False
     seed: int = 42
@@ -102,7 +103,9 @@ def generate_replies(
     from tqdm import tqdm
 
     pad_id = int(tokenizer.pad_token_id)
-    stops = sorted({formatter.end_id, int(tokenizer.eos_token_id)})
+    # Every chat-turn marker ends a reply, as in serving (core.generation.transformers_backend):
+    # a model that opens the next turn instead of closing its own is judged on what users see.
+    stops = sorted({formatter.end_id, int(tokenizer.eos_token_id), *turn_token_ids(tokenizer)})
     prompts = [_fit_prompt(formatter, ex, max(16, seq_len - max_new_tokens)) for ex in examples]
     decoding: dict[str, Any] = (
         {"do_sample": True, **sampling}
