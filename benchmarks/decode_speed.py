@@ -49,17 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MISTRAL_7B_DIMS: dict[str, Any] = {
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "intermediate_size": 14336,
-    "vocab_size": 32000,
-    "max_position_embeddings": 32768,
-    "rope_theta": 1_000_000.0,
-    "sliding_window": None,
-}
+from benchmarks.random_models import MISTRAL_7B_DIMS, random_mistral
+
 TINY_DIMS: dict[str, Any] = {
     "hidden_size": 128,
     "num_hidden_layers": 2,
@@ -129,12 +120,7 @@ class Setup:
 
 def build_random_model(dims: dict[str, Any], device: str, dtype: Any) -> Any:
     """Random weights created directly on ``device`` (seconds for a 7B on a GPU)."""
-    import torch
-    from transformers import MistralConfig, MistralForCausalLM
-
-    config = MistralConfig(**dims, tie_word_embeddings=False)
-    with torch.device(device):
-        model = MistralForCausalLM._from_config(config, dtype=dtype)
+    model = random_mistral(dims, device, dtype)
     # Random logits hit the end-of-sequence token now and then; every call must decode the
     # same number of tokens.
     model.generation_config.eos_token_id = None

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.random_models import MISTRAL_7B_DIMS, random_mistral
 from benchmarks.reply_latency import SCRIPT, percentile
 from core.bootstrap import build_engine
 from core.engine import Engine
@@ -54,17 +55,7 @@ from core.types import Author, ConversationRef
 PERSONA_LIBRARY = Path(__file__).resolve().parent.parent / "core" / "persona_library"
 
 RANDOM_MODELS: dict[str, dict[str, Any]] = {
-    "mistral-7b": {
-        "hidden_size": 4096,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "intermediate_size": 14336,
-        "vocab_size": 32000,
-        "max_position_embeddings": 32768,
-        "rope_theta": 1_000_000.0,
-        "sliding_window": None,
-    },
+    "mistral-7b": MISTRAL_7B_DIMS,
     "tiny": {
         "hidden_size": 64,
         "num_hidden_layers": 2,
@@ -131,18 +122,14 @@ def random_generator(
     ``none`` (bf16 on CUDA, fp32 on a CPU), quantised in memory as the engine's loader does.
     """
     import torch
-    from transformers import MistralConfig, MistralForCausalLM
 
     from core.generation.quantization import compute_dtype, quantize_int4, quantize_nf4
     from core.generation.transformers_backend import TransformersGenerator
 
     dims = RANDOM_MODELS[name]
     dtype = compute_dtype(device) if device == "cuda" else torch.float32
-    config = MistralConfig(**dims, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
-    causal_lm: Any = MistralForCausalLM  # untyped in transformers
-    with torch.device(device):
-        model = causal_lm._from_config(config, dtype=dtype)
+    model = random_mistral(dims, device, dtype, bos_token_id=1, eos_token_id=2)
     if quantization == "nf4":
         quantize_nf4(model, device)
     elif quantization == "int4":

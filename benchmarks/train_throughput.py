@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.random_models import MISTRAL_7B_DIMS, random_mistral
+from core.generation.quantization import quantize_nf4
 from training.sft_data import TokenizedExample
 from training.train_lm import (
     DEFAULT_TARGETS,
@@ -40,17 +42,6 @@ from training.train_lm import (
     train_loop,
 )
 
-MISTRAL_7B_DIMS: dict[str, Any] = {
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "intermediate_size": 14336,
-    "vocab_size": 32000,
-    "max_position_embeddings": 32768,
-    "rope_theta": 1_000_000.0,
-    "sliding_window": None,
-}
 TINY_DIMS: dict[str, Any] = {
     "hidden_size": 64,
     "num_hidden_layers": 2,
@@ -64,57 +55,7 @@ TINY_DIMS: dict[str, Any] = {
 
 def build_random_model(dims: dict[str, Any], device: str) -> Any:
     """Random weights created on ``device`` in the compute dtype (bf16 on a GPU)."""
-    import torch
-    from transformers import MistralConfig, MistralForCausalLM
-
-    config = MistralConfig(**dims, tie_word_embeddings=False)
-    with torch.device(device):
-        model = MistralForCausalLM._from_config(config, dtype=compute_dtype(device))
-    return model
-
-
-def quantize_nf4(model: Any, device: str, skip: Sequence[str] = ("lm_head",)) -> int:
-    """Replace every ``nn.Linear`` (but ``skip``) with a bitsandbytes NF4 ``Linear4bit``.
-
-    Each layer is quantised as soon as it is replaced and its bf16 weight dropped, so memory
-    only ever falls. Mirrors what ``from_pretrained`` does with a ``BitsAndBytesConfig``
-    (NF4, double quantisation, compute in the model's dtype). Returns the layers replaced.
-    """
-    import torch
-    from bitsandbytes.nn.modules import Linear4bit, Params4bit
-
-    dtype = compute_dtype(device)
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is not torch.nn.Linear or name in skip:
-                continue
-            layer = Linear4bit(
-                child.in_features,
-                child.out_features,
-                bias=child.bias is not None,
-                compute_dtype=dtype,
-                compress_statistics=True,
-                quant_type="nf4",
-                device="meta",
-            )
-            weight: Any = Params4bit(
-                child.weight.data,
-                requires_grad=False,
-                compress_statistics=True,
-                quant_type="nf4",
-                module=layer,
-            )
-            layer.weight = weight.to(device)  # quantises here
-            if child.bias is not None:
-                layer.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-            setattr(parent, name, layer)
-            del child, weight
-            replaced += 1
-    model.is_loaded_in_4bit = True  # how peft recognises a 4-bit model
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return replaced
+    return random_mistral(dims, device, compute_dtype(device))
 
 
 def random_examples(n: int, seq_len: int, vocab: int, seed: int) -> list[TokenizedExample]:
@@ -149,9 +90,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         build_seconds = time.perf_counter() - started
         if args.load_in_4bit:
             started = time.perf_counter()
-            quantize_nf4(model, device)
+            quantize_nf4(model, device)  # the serving loader's, layer by layer
             if device == "cuda":
                 torch.cuda.synchronize()
+                torch.cuda.empty_cache()
             quantize_seconds = time.perf_counter() - started
     params = sum(p.numel() for p in model.parameters())
     model_memory = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else None

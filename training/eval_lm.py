@@ -139,6 +139,38 @@ def generate_replies(
     return replies
 
 
+def paired_replies(
+    model: Any,
+    tokenizer: Any,
+    formatter: ChatFormatter,
+    requests: Sequence[ChatExample],
+    *,
+    config: LMEvalConfig,
+    device: str,
+    progress: bool,
+    desc: str,
+) -> tuple[list[str], list[str]]:
+    """Greedy replies to ``requests`` with the adapter, then with it switched off (base)."""
+
+    def generate(which: str) -> list[str]:
+        return generate_replies(
+            model,
+            tokenizer,
+            formatter,
+            requests,
+            device=device,
+            batch_size=config.batch_size,
+            seq_len=config.seq_len,
+            max_new_tokens=config.max_new_tokens,
+            progress=progress,
+            desc=f"{desc} ({which})",
+        )
+
+    adapted = generate("adapter")
+    with model.disable_adapter():
+        return adapted, generate("base")
+
+
 async def _judge(detector: MoodDetector, pairs: Sequence[tuple[str, str | None]]) -> list[Mood]:
     moods: list[Mood] = []
     for text, previous in pairs:
@@ -234,23 +266,16 @@ def evaluate_adapter(
     if dialogues is not None and config.max_generate > 0 and detector is not None:
         requests = emotion_requests(dialogues, config.split, config.max_generate, config.seed)
 
-        def generate(desc: str) -> list[str]:
-            return generate_replies(
-                model,
-                tokenizer,
-                formatter,
-                requests,
-                device=device,
-                batch_size=config.batch_size,
-                seq_len=config.seq_len,
-                max_new_tokens=config.max_new_tokens,
-                progress=progress,
-                desc=desc,
-            )
-
-        replies = generate("generating (adapter)")
-        with model.disable_adapter():
-            base_replies = generate("generating (base)")
+        replies, base_replies = paired_replies(
+            model,
+            tokenizer,
+            formatter,
+            requests,
+            config=config,
+            device=device,
+            progress=progress,
+            desc="generating",
+        )
         previous = [q.previous for q in requests]
         judged = asyncio.run(_judge(detector, list(zip(replies, previous, strict=True))))
         judged_base = asyncio.run(_judge(detector, list(zip(base_replies, previous, strict=True))))
@@ -337,23 +362,16 @@ def voice_report(
             continue
         requests = voice_requests(dialogues, persona, config.split, config.max_voice, config.seed)
 
-        def generate(desc: str, requests: list[ChatExample] = requests) -> list[str]:
-            return generate_replies(
-                model,
-                tokenizer,
-                formatter,
-                requests,
-                device=device,
-                batch_size=config.batch_size,
-                seq_len=config.seq_len,
-                max_new_tokens=config.max_new_tokens,
-                progress=progress,
-                desc=desc,
-            )
-
-        replies = generate(f"voice of {persona.name} (adapter)")
-        with model.disable_adapter():
-            base_replies = generate(f"voice of {persona.name} (base)")
+        replies, base_replies = paired_replies(
+            model,
+            tokenizer,
+            formatter,
+            requests,
+            config=config,
+            device=device,
+            progress=progress,
+            desc=f"voice of {persona.name}",
+        )
         rates[persona.name] = {
             "requests": len(requests),
             "rate": sum(in_voice(persona.name, r) for r in replies) / len(replies),
