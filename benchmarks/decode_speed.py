@@ -13,7 +13,10 @@ A setup is ``FORMAT-MODE[-lora-merged|-lora-unmerged]``: FORMAT ``nf4`` (bitsand
 ``compile`` (``generate`` with a static KV cache + torch.compile "reduce-overhead", i.e. CUDA
 graphs) or ``graph`` (:class:`core.generation.fast_decode.GraphDecoder`: the one-token step,
 argmax included, as one CUDA graph and no per-token Python beyond it; uncompiled with
-``--smoke``). ``-lora-*`` adds a random LoRA
+``--smoke``) or ``slots`` (the serving scheduler's decode path,
+:class:`core.generation.slot_batch.SlotBatch`: static per-conversation KV slots, one CUDA
+graph per batch-size and width bucket, greedy tokens copied to the host after every step as
+the scheduler does; eager with ``--smoke``). ``-lora-*`` adds a random LoRA
 adapter (r=16 on q/k/v/o/gate/up/down, as ``personabot train`` makes) either merged into the
 bf16 weights before quantising or left as a peft adapter on top.
 
@@ -72,6 +75,9 @@ GPU_SETUPS = (
     "int4-compile",
     "int4-graph",
     "bf16-graph",
+    "int4-slots",
+    "nf4-slots",
+    "bf16-slots",
     "nf4-eager-lora-unmerged",
     "nf4-eager-lora-merged",
     "int4-compile-lora-unmerged",
@@ -80,12 +86,13 @@ GPU_SETUPS = (
 SMOKE_SETUPS = (
     "fp32-eager",
     "fp32-graph",
+    "fp32-slots",
     "nf4-eager",
     "nf4-eager-lora-unmerged",
     "nf4-eager-lora-merged",
 )
 FORMATS = ("nf4", "int4", "bf16", "fp32")
-MODES = ("eager", "compile", "graph")
+MODES = ("eager", "compile", "graph", "slots")
 RESULT_PREFIX = "RESULT "
 
 
@@ -95,7 +102,7 @@ class Setup:
 
     name: str
     weights: str
-    mode: str  # "eager", "compile" (generate) or "graph" (GraphDecoder)
+    mode: str  # "eager", "compile" (generate), "graph" (GraphDecoder) or "slots" (SlotBatch)
     lora: str | None  # None, "merged" or "unmerged"
 
     @property
@@ -172,6 +179,39 @@ def prepare(setup: Setup, dims: dict[str, Any], device: str, lora_rank: int) -> 
     return model.eval()
 
 
+class SlotDecoder:
+    """Greedy decoding through the serving scheduler's slot batch, for timing.
+
+    Per token it does what the scheduler's worker does: one step (a graph replay on a GPU),
+    the next tokens to the host, and the tokens back into the batch's input buffer.
+    """
+
+    def __init__(self, model: Any, slots: int, capacity: int, vocab_size: int) -> None:
+        from core.generation.slot_batch import SlotBatch
+
+        self.model = model
+        self.batch = SlotBatch(slots, capacity, vocab_size, 0, graphs=True)
+        self.decode_s: list[float] = []
+        """Per call: seconds from the first token on the host to the last (prefill excluded)."""
+
+    def generate(self, input_ids: Any, new_tokens: int) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            self.batch.keep([])
+            logits = self.batch.add(self.model, input_ids.tolist())
+            tokens = logits.argmax(dim=-1).tolist()
+            first = time.perf_counter()
+            produced = [tokens]
+            for _ in range(new_tokens - 1):
+                self.batch.note_tokens(tokens)
+                tokens = self.batch.step(self.model).argmax(dim=-1).tolist()
+                produced.append(tokens)
+            self.decode_s.append(time.perf_counter() - first)
+        new = torch.tensor(produced, dtype=input_ids.dtype, device=input_ids.device).T
+        return torch.cat([input_ids, new], dim=1)
+
+
 def time_generate(model: Any, input_ids: Any, new_tokens: int, device: str) -> float:
     import torch
 
@@ -180,7 +220,7 @@ def time_generate(model: Any, input_ids: Any, new_tokens: int, device: str) -> f
     if device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    if isinstance(model, GraphDecoder):
+    if isinstance(model, GraphDecoder | SlotDecoder):
         output = model.generate(input_ids, new_tokens)
     else:
         output = time_hf_generate(model, input_ids, new_tokens)
@@ -227,6 +267,9 @@ def run_setup(setup: Setup, args: argparse.Namespace) -> list[dict[str, Any]]:
         from core.generation.fast_decode import GraphDecoder
 
         model = GraphDecoder(model, args.prompt + args.new_tokens, compile=device == "cuda")
+    elif setup.mode == "slots":
+        capacity = args.prompt + args.new_tokens
+        model = SlotDecoder(model, max(args.batches), capacity, dims["vocab_size"])
     results = []
     for batch in args.batches:
         if time.perf_counter() - started > args.setup_seconds:
@@ -245,12 +288,18 @@ def run_setup(setup: Setup, args: argparse.Namespace) -> list[dict[str, Any]]:
             time_generate(model, input_ids, args.new_tokens, device) for _ in range(args.repeats)
         ]
         median = statistics.median(times)
+        decode_only: dict[str, Any] = {}
+        if isinstance(model, SlotDecoder):
+            decode_s = statistics.median(model.decode_s[-args.repeats :])
+            steps = args.new_tokens - 1
+            decode_only = {"decode_only_tokens_per_s": round(batch * steps / decode_s, 1)}
         result = {
             "setup": setup.name,
             "batch": batch,
             "prompt_tokens": args.prompt,
             "new_tokens": args.new_tokens,
             "tokens_per_s": round(batch * args.new_tokens / median, 1),
+            **decode_only,
             "seconds_per_call": [round(t, 3) for t in times],
             "warmup_s": round(warmup_s, 1),
             "prepare_s": round(prepare_s, 1),
@@ -279,9 +328,12 @@ def describe(result: dict[str, Any]) -> str:
         reason = result.get("skipped") or result.get("error")
         return f"{result['setup']:<28} batch {result.get('batch', '-')!s:>3}: {reason}"
     peak = "" if result["peak_gb"] is None else f", peak {result['peak_gb']:.2f} GB"
+    decode = result.get("decode_only_tokens_per_s")
+    decode_only = "" if decode is None else f", {decode:.1f} decoding only"
     return (
         f"{result['setup']:<28} batch {result['batch']:>3}: {result['tokens_per_s']:>8.1f} tok/s"
-        f"  (weights {result['weight_gb']:.2f} GB{peak}; warm-up {result['warmup_s']} s)"
+        f"{decode_only}  (weights {result['weight_gb']:.2f} GB{peak}; "
+        f"warm-up {result['warmup_s']} s)"
     )
 
 

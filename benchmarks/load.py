@@ -114,12 +114,18 @@ def word_tokenizer(vocab_size: int) -> Any:
 
 
 def random_generator(
-    name: str, device: str, quantization: Quantization, batching: BatchingConfig
+    name: str,
+    device: str,
+    quantization: Quantization,
+    batching: BatchingConfig,
+    graphs: bool = False,
 ) -> Generator:
     """The transformers backend over a random model of ``name``'s shape.
 
     ``quantization`` is ``nf4`` (bitsandbytes), ``int4`` (torchao tinygemm, CUDA only) or
     ``none`` (bf16 on CUDA, fp32 on a CPU), quantised in memory as the engine's loader does.
+    ``graphs``: decode on the static slot cache (CUDA graphs on a GPU), as
+    ``PERSONABOT_COMPILE`` does.
     """
     import torch
 
@@ -147,6 +153,7 @@ def random_generator(
         adapter=None,
         device=device,
         system_role=False,
+        compile=graphs,
     )
     return TransformersGenerator(model, tokenizer, spec, system_role=False, batching=batching)
 
@@ -236,8 +243,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         if args.random_model:
             quantization: Quantization = args.quantization or ("nf4" if cuda else "none")
             batching = BatchingConfig.from_settings(settings)
+            graphs = cuda if args.graphs is None else args.graphs
             generator = await asyncio.to_thread(
-                random_generator, args.random_model, args.device, quantization, batching
+                random_generator, args.random_model, args.device, quantization, batching, graphs
             )
         else:
             generator = await create_generator(settings)
@@ -253,6 +261,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             stats = getattr(generator, "batch_stats", None)
             tokens_before = stats.tokens if stats is not None else 0
             steps_before = (stats.steps, stats.row_steps) if stats is not None else (0, 0)
+            phases_before = (
+                (stats.prefills, stats.prefill_s, stats.step_s, stats.sample_s)
+                if stats is not None
+                else (0, 0.0, 0.0, 0.0)
+            )
             timings = [Timings() for _ in range(args.conversations)]
             wall_started = time.perf_counter()
             await asyncio.gather(
@@ -293,6 +306,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             round((stats.row_steps - steps_before[1]) / steps, 2) if steps else None
         )
         result["peak_batch_size"] = stats.peak_rows
+        # Where the worker's time went (the rest of the wall time it was idle or waiting).
+        result["prefills"] = stats.prefills - phases_before[0]
+        result["prefill_s"] = round(stats.prefill_s - phases_before[1], 2)
+        result["step_s"] = round(stats.step_s - phases_before[2], 2)
+        result["sample_s"] = round(stats.sample_s - phases_before[3], 2)
     if cuda:
         result["gpu"] = torch.cuda.get_device_name()
         result["weights_gb"] = round(weights_gb or 0.0, 2)
@@ -335,6 +353,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-batch-size", type=int, default=0, help="PERSONABOT_MAX_BATCH_SIZE (0: N)"
+    )
+    parser.add_argument(
+        "--graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random model: decode on the static slot KV cache, replayed as CUDA graphs on a "
+        "GPU (PERSONABOT_COMPILE); default on with CUDA",
     )
     parser.add_argument("--batch-window-ms", type=float, default=10.0)
     parser.add_argument("--max-queued", type=int, default=64, help="PERSONABOT_MAX_QUEUED_REQUESTS")

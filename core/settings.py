@@ -140,8 +140,9 @@ class Settings(BaseSettings):
     )
     compile: bool | None = Field(
         default=None,
-        description="Decode with a static KV cache and torch.compile (CUDA graphs); CUDA only. "
-        "Default: on for int4 and bf16 on a GPU, off otherwise.",
+        description="Decode on a static KV cache (one slot per conversation, sized by the "
+        "prompt budget) whose decode step is replayed as CUDA graphs; CUDA only. Default: on "
+        "on a GPU, off otherwise.",
     )
     merge_adapter: bool | None = Field(
         default=None,

@@ -8,6 +8,7 @@ so these tests also check the scheduler's decode loop against the library's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import random
 import time
@@ -24,6 +25,7 @@ from core.errors import GeneratorBusyError
 from core.generation.base import Generation
 from core.generation.batching import BatchingConfig, BatchScheduler, ModelFacts
 from core.generation.sampling import BatchSampler, RowSampler
+from core.generation.slot_batch import SlotBatch
 from core.generation.transformers_backend import TransformersGenerator, model_facts
 from core.types import Author, ChatMessage, ConversationRef, SamplingParams
 from tests.conftest import SettingsFactory
@@ -64,8 +66,16 @@ def tiny_decode(ids: Sequence[int]) -> str:
     return "".join(chr(ord("a") + i % 26) for i in ids if i != EOS)
 
 
+SLOT_CAPACITY = 512
+"""Tokens per conversation in the slot batch's cache (the tiny model's context window)."""
+
+
 def tiny_scheduler(
-    model: Any, config: BatchingConfig, adapters: list[str | None] | None = None
+    model: Any,
+    config: BatchingConfig,
+    adapters: list[str | None] | None = None,
+    *,
+    kind: str = "padded",
 ) -> BatchScheduler:
     def select(adapter: str | None) -> Any:
         if adapters is not None:
@@ -73,7 +83,26 @@ def tiny_scheduler(
         return model
 
     facts = ModelFacts(frozenset({EOS}), 0, model.config.vocab_size, tiny_decode)
-    return BatchScheduler(select, facts, config)
+    batch = None
+    if kind == "slots":
+        batch = SlotBatch(
+            config.max_batch_size, SLOT_CAPACITY, model.config.vocab_size, 0, graphs=True
+        )
+    return BatchScheduler(select, facts, config, batch=batch)
+
+
+SchedulerFactory = Callable[..., BatchScheduler]
+
+
+@pytest.fixture(params=["padded", "slots"])
+def make_scheduler(request: pytest.FixtureRequest, tiny_model: Any) -> SchedulerFactory:
+    """The scheduler over either running batch: a padded dynamic cache, or static slots
+    (eager here on the CPU; the same step is what the GPU captures as a CUDA graph)."""
+
+    def make(config: BatchingConfig, adapters: list[str | None] | None = None) -> BatchScheduler:
+        return tiny_scheduler(tiny_model, config, adapters, kind=request.param)
+
+    return make
 
 
 def prompts(count: int, seed: int = 1) -> list[list[int]]:
@@ -104,14 +133,16 @@ async def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None
         await asyncio.sleep(0.005)
 
 
-async def test_batched_greedy_matches_generate_one_at_a_time(tiny_model: Any) -> None:
+async def test_batched_greedy_matches_generate_one_at_a_time(
+    tiny_model: Any, make_scheduler: SchedulerFactory
+) -> None:
     inputs = prompts(8)
     params = [
         SamplingParams(temperature=0.0, repetition_penalty=[1.0, 1.3][i % 2], max_new_tokens=20)
         for i in range(len(inputs))
     ]
     expected = [hf_generate(tiny_model, ids, p) for ids, p in zip(inputs, params, strict=True)]
-    scheduler = tiny_scheduler(tiny_model, BatchingConfig(max_batch_size=8, window_seconds=0.2))
+    scheduler = make_scheduler(BatchingConfig(max_batch_size=8, window_seconds=0.2))
     try:
         results = await asyncio.gather(
             *(scheduler.generate(ids, p) for ids, p in zip(inputs, params, strict=True))
@@ -122,12 +153,14 @@ async def test_batched_greedy_matches_generate_one_at_a_time(tiny_model: Any) ->
     assert scheduler.stats.prefills == 1 and scheduler.stats.peak_rows == 8
 
 
-async def test_requests_join_a_running_batch_and_leave_it_when_done(tiny_model: Any) -> None:
+async def test_requests_join_a_running_batch_and_leave_it_when_done(
+    tiny_model: Any, make_scheduler: SchedulerFactory
+) -> None:
     inputs = prompts(6, seed=2)
     lengths = [5, 30, 12, 30, 1, 18]
     params = [SamplingParams(temperature=0.0, max_new_tokens=n) for n in lengths]
     expected = [hf_generate(tiny_model, ids, p) for ids, p in zip(inputs, params, strict=True)]
-    scheduler = tiny_scheduler(tiny_model, BatchingConfig(max_batch_size=4, window_seconds=0))
+    scheduler = make_scheduler(BatchingConfig(max_batch_size=4, window_seconds=0))
 
     async def later(i: int) -> Generation:
         await asyncio.sleep(0.002 * i)
@@ -142,13 +175,15 @@ async def test_requests_join_a_running_batch_and_leave_it_when_done(tiny_model: 
     assert 1 < scheduler.stats.peak_rows <= 4
 
 
-async def test_each_row_keeps_its_own_sampling_settings(tiny_model: Any) -> None:
+async def test_each_row_keeps_its_own_sampling_settings(
+    tiny_model: Any, make_scheduler: SchedulerFactory
+) -> None:
     greedy, other = prompts(2, seed=3)
     sampled = SamplingParams(
         temperature=1.3, top_p=0.8, top_k=40, repetition_penalty=1.2, max_new_tokens=25, seed=11
     )
     short = SamplingParams(temperature=0.0, max_new_tokens=3)
-    scheduler = tiny_scheduler(tiny_model, BatchingConfig(max_batch_size=8, window_seconds=0.2))
+    scheduler = make_scheduler(BatchingConfig(max_batch_size=8, window_seconds=0.2))
     try:
         alone_greedy = await scheduler.generate(greedy, GREEDY)
         alone_sampled = await scheduler.generate(other, sampled)
@@ -173,12 +208,14 @@ async def test_each_row_keeps_its_own_sampling_settings(tiny_model: Any) -> None
     assert together[4].text != together[1].text  # another seed, another reply
 
 
-async def test_cancelling_one_row_leaves_the_others_unchanged(tiny_model: Any) -> None:
+async def test_cancelling_one_row_leaves_the_others_unchanged(
+    tiny_model: Any, make_scheduler: SchedulerFactory
+) -> None:
     first, second, third = prompts(3, seed=4)
     params = SamplingParams(temperature=0.0, max_new_tokens=60)
     endless = SamplingParams(temperature=0.0, max_new_tokens=100_000)
     expected = [hf_generate(tiny_model, ids, params) for ids in (first, third)]
-    scheduler = tiny_scheduler(tiny_model, BatchingConfig(max_batch_size=8, window_seconds=0.2))
+    scheduler = make_scheduler(BatchingConfig(max_batch_size=8, window_seconds=0.2))
     try:
         a = asyncio.create_task(scheduler.generate(first, params))
         b = asyncio.create_task(scheduler.generate(second, endless))
@@ -197,10 +234,12 @@ async def test_cancelling_one_row_leaves_the_others_unchanged(tiny_model: Any) -
         await scheduler.aclose()
 
 
-async def test_a_full_queue_refuses_at_once_and_recovers(tiny_model: Any) -> None:
+async def test_a_full_queue_refuses_at_once_and_recovers(
+    tiny_model: Any, make_scheduler: SchedulerFactory
+) -> None:
     first, second, third = prompts(3, seed=5)
     config = BatchingConfig(max_batch_size=1, window_seconds=0, max_queued=1)
-    scheduler = tiny_scheduler(tiny_model, config)
+    scheduler = make_scheduler(config)
     try:
         stream = scheduler.stream(first, SamplingParams(temperature=0.0, max_new_tokens=100_000))
         await anext(stream)  # decoding: the batch is full
@@ -217,13 +256,13 @@ async def test_a_full_queue_refuses_at_once_and_recovers(tiny_model: Any) -> Non
         await scheduler.aclose()
 
 
-async def test_a_batch_never_mixes_adapters_and_the_oldest_goes_first(tiny_model: Any) -> None:
+async def test_a_batch_never_mixes_adapters_and_the_oldest_goes_first(
+    tiny_model: Any, make_scheduler: SchedulerFactory
+) -> None:
     inputs = prompts(4, seed=6)
     wanted: list[str | None] = [None, "persona-a", None, "persona-a"]
     activated: list[str | None] = []
-    scheduler = tiny_scheduler(
-        tiny_model, BatchingConfig(max_batch_size=8, window_seconds=0.2), adapters=activated
-    )
+    scheduler = make_scheduler(BatchingConfig(max_batch_size=8, window_seconds=0.2), activated)
     try:
         results = await asyncio.gather(
             *(
@@ -243,10 +282,12 @@ async def test_a_batch_never_mixes_adapters_and_the_oldest_goes_first(tiny_model
     assert results == [hf_generate(tiny_model, ids, reference) for ids in inputs]
 
 
-async def test_streaming_yields_the_final_text(tiny_model: Any) -> None:
+async def test_streaming_yields_the_final_text(
+    tiny_model: Any, make_scheduler: SchedulerFactory
+) -> None:
     inputs = prompts(3, seed=7)
     params = SamplingParams(temperature=0.9, max_new_tokens=20, seed=3)
-    scheduler = tiny_scheduler(tiny_model, BatchingConfig(max_batch_size=8, window_seconds=0.2))
+    scheduler = make_scheduler(BatchingConfig(max_batch_size=8, window_seconds=0.2))
 
     async def streamed(ids: list[int]) -> list[str]:
         return [piece async for piece in scheduler.stream(ids, params)]
@@ -307,13 +348,17 @@ CHATS = [
 ]
 
 
-@pytest.fixture
-async def batched(offline_generator: TransformersGenerator) -> AsyncIterator[TransformersGenerator]:
-    """A generator of its own over the session's weights (closing it closes nothing shared)."""
+@pytest.fixture(params=[False, True], ids=["padded", "slots"])
+async def batched(
+    request: pytest.FixtureRequest, offline_generator: TransformersGenerator
+) -> AsyncIterator[TransformersGenerator]:
+    """A generator of its own over the session's weights (closing it closes nothing shared),
+    decoding on a padded dynamic cache or, as ``PERSONABOT_COMPILE`` does on a GPU, on the
+    static slot cache (eager on this CPU)."""
     generator = TransformersGenerator(
         offline_generator._model,
         offline_generator._tokenizer,
-        offline_generator._spec,
+        dataclasses.replace(offline_generator._spec, compile=request.param),
         offline_generator._system_role,
         batching=BatchingConfig(max_batch_size=8, window_seconds=0.5),
     )

@@ -9,8 +9,10 @@ gets the result at once, without waiting for the rest of the batch.
 
 transformers' own continuous-batching manager is not used: it samples with one setting per
 batch, has no stop strings or per-request seeds, and cannot switch LoRA adapters between
-batches; the decode loop here is plain ``model(...)`` calls on a ``DynamicCache``
-(:mod:`core.generation.kv_batch`).
+batches. The decode loop here is plain ``model(...)`` calls on one of two running batches:
+a padded ``DynamicCache`` that grows and shrinks with the rows (:mod:`core.generation.kv_batch`,
+the default, best on CPUs), or a static KV cache with one slot per conversation whose decode
+step is replayed as a CUDA graph (:mod:`core.generation.slot_batch`, for GPUs).
 
 Rules:
 
@@ -35,12 +37,13 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from core.errors import GenerationError, GeneratorBusyError
 from core.generation.base import Generation
 from core.generation.detokenize import Decode, IncrementalText
 from core.generation.kv_batch import PaddedBatch
+from core.generation.profiles import prompt_budget
 from core.generation.sampling import BatchSampler, RowSampler
 from core.settings import Settings
 from core.types import SamplingParams
@@ -51,6 +54,42 @@ SelectModel = Callable[[str | None], Any]
 """Activate a request's adapter (None: the default) and return the model to run."""
 
 
+class RunningBatch(Protocol):
+    """The KV cache and per-row tensors of the rows being decoded (worker thread only).
+
+    Rows are numbered ``0 .. rows-1`` in the order they were added; :meth:`keep` renumbers.
+    """
+
+    adapter: str | None
+    """The adapter the rows run on (set by the scheduler when a batch starts)."""
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def capacity(self) -> int | None:
+        """Most tokens (prompt and reply) one row may hold; None: the model's limit."""
+
+    @property
+    def seen(self) -> Any:
+        """[rows, vocab] bool: tokens each row's prompt and reply hold (repetition penalty)."""
+
+    @property
+    def device(self) -> Any: ...
+
+    def add(self, model: Any, prompts: Sequence[Sequence[int]]) -> Any:
+        """Encode ``prompts`` as new rows; their last position's logits [len(prompts), vocab]."""
+
+    def note_tokens(self, tokens: Sequence[int], start: int = 0) -> None:
+        """Rows ``start ..`` sampled ``tokens``, to be fed at the next step."""
+
+    def step(self, model: Any) -> Any:
+        """Feed every row's pending token; the next logits [rows, vocab]."""
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only ``rows`` (indices, in order)."""
+
+
 @dataclass(frozen=True, slots=True)
 class BatchingConfig:
     """How big batches get and how long requests may wait (PERSONABOT_* settings)."""
@@ -58,6 +97,9 @@ class BatchingConfig:
     max_batch_size: int = 16
     window_seconds: float = 0.01
     max_queued: int = 64
+    conversation_tokens: int = 2048
+    """Prompt plus reply of one conversation at most: the engine's prompt budget, which is
+    what a static KV cache gives each conversation (capped by the model's context window)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BatchingConfig:
@@ -65,6 +107,7 @@ class BatchingConfig:
             max_batch_size=settings.max_batch_size,
             window_seconds=settings.batch_window_ms / 1000,
             max_queued=settings.max_queued_requests,
+            conversation_tokens=prompt_budget(settings),
         )
 
 
@@ -92,6 +135,12 @@ class BatchStats:
     """Most rows decoded together."""
     tokens: int = 0
     """Tokens generated, every row's (end-of-turn tokens included)."""
+    prefill_s: float = 0.0
+    """Seconds in prefill passes (encoding admitted prompts, their first tokens included)."""
+    step_s: float = 0.0
+    """Seconds in decode steps' forward passes (graph replays on a GPU)."""
+    sample_s: float = 0.0
+    """Seconds sampling and handing text to callers after decode steps."""
 
 
 class _Request:
@@ -128,8 +177,11 @@ class _Request:
 class _Row:
     """A request being decoded: its sampler, its text so far and its token count."""
 
-    def __init__(self, request: _Request, decode: Decode) -> None:
+    def __init__(self, request: _Request, decode: Decode, capacity: int | None) -> None:
         self.request = request
+        self.limit = request.params.max_new_tokens
+        if capacity is not None:  # the row's KV-cache slot must hold prompt and reply
+            self.limit = min(self.limit, capacity - len(request.ids))
         self.sampler = RowSampler.create(request.params)
         self.text = IncrementalText(decode, request.params.stop)
         self.tokens = 0
@@ -144,7 +196,7 @@ class _Row:
             piece = self.text.push(token)
             if piece and self.request.streaming:
                 self.request.emit(piece)
-            self.finished = self.text.stopped or self.tokens >= self.request.params.max_new_tokens
+            self.finished = self.text.stopped or self.tokens >= self.limit
         if self.finished:
             piece = self.text.finish()
             if piece and self.request.streaming:
@@ -161,9 +213,9 @@ class _Row:
 class _Running:
     """The worker's view of the batch being decoded."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: RunningBatch) -> None:
         self.rows: list[_Row] = []
-        self.batch: PaddedBatch | None = None
+        self.batch = batch
         self.sampler: BatchSampler | None = None
         self.model: Any = None
         self.adapter: str | None = None
@@ -178,9 +230,12 @@ class BatchScheduler:
         facts: ModelFacts,
         config: BatchingConfig,
         *,
+        batch: RunningBatch | None = None,
         thread_name: str = "personabot-gen",
     ) -> None:
+        """``batch``: where rows are decoded (default: a padded dynamic-cache batch)."""
         self._select_model = select_model
+        self._batch: RunningBatch = batch or PaddedBatch.empty(facts.pad_id, facts.vocab_size)
         self._facts = facts
         self._config = config
         self._thread_name = thread_name
@@ -254,6 +309,12 @@ class BatchScheduler:
     def _submit(self, ids: Sequence[int], params: SamplingParams, streaming: bool) -> _Request:
         if not ids:
             raise GenerationError("Cannot generate from an empty prompt.")
+        capacity = self._batch.capacity
+        if capacity is not None and len(ids) >= capacity:
+            raise GenerationError(
+                f"The prompt has {len(ids)} tokens; a conversation's KV cache holds "
+                f"{capacity}; raise PERSONABOT_MAX_PROMPT_TOKENS to serve longer prompts."
+            )
         request = _Request(ids, params, streaming, self)
         with self._cond:
             if self._closing:
@@ -319,7 +380,7 @@ class BatchScheduler:
     def _work(self) -> None:
         import torch
 
-        state = _Running()
+        state = _Running(self._batch)
         with torch.inference_mode():
             while True:
                 self._evict(state)  # rows finished or abandoned since the last step
@@ -343,7 +404,8 @@ class BatchScheduler:
                         for row in state.rows:
                             row.request.emit(error)
                         self._release([row.request for row in state.rows])
-                        state.rows, state.batch = [], None
+                        state.rows = []
+                        state.batch.keep([])
                     state.sampler = None
         for row in state.rows:
             row.request.emit(_shut_down())
@@ -353,11 +415,8 @@ class BatchScheduler:
         if not state.rows:
             state.adapter = requests[0].params.adapter
             state.model = self._select_model(state.adapter)
-        batch, rows = self._prefill(state.model, requests)
-        if state.batch is None:
-            state.batch = batch
-        else:
-            state.batch.extend(batch)
+            state.batch.adapter = state.adapter
+        rows = self._prefill(state, requests)
         state.rows = state.rows + rows
         state.sampler = None
         self.stats.prefills += 1
@@ -365,15 +424,19 @@ class BatchScheduler:
 
     def _step(self, state: _Running) -> None:
         batch = state.batch
-        assert batch is not None
+        started = time.perf_counter()
         if state.sampler is None:
             samplers = [row.sampler for row in state.rows]
-            state.sampler = BatchSampler(samplers, self._facts.vocab_size, batch.mask.device)
+            state.sampler = BatchSampler(samplers, self._facts.vocab_size, batch.device)
         logits = batch.step(state.model)
+        stepped = time.perf_counter()
+        # The sampler's copy to the host waits for the step: its GPU time counts as sampling.
         tokens = state.sampler.next_tokens(logits, batch.seen)
         batch.note_tokens(tokens)
         for row, token in zip(state.rows, tokens, strict=True):
             row.accept(token, self._facts.eos_ids)
+        self.stats.step_s += stepped - started
+        self.stats.sample_s += time.perf_counter() - stepped
         self.stats.steps += 1
         self.stats.row_steps += len(state.rows)
         self.stats.tokens += len(tokens)
@@ -388,24 +451,29 @@ class BatchScheduler:
         self._release([row.request for row in state.rows if row.finished])
         state.rows = [state.rows[i] for i in keep]
         state.sampler = None
-        if not state.rows:
-            state.batch = None
-        elif state.batch is not None:
-            state.batch.keep(keep)
+        state.batch.keep(keep)
 
-    def _prefill(self, model: Any, requests: list[_Request]) -> tuple[PaddedBatch, list[_Row]]:
-        """Encode the admitted prompts and sample each one's first token."""
-        rows = [_Row(r, self._facts.decode) for r in requests]
-        batch, logits = PaddedBatch.prefill(
-            model, [r.ids for r in requests], self._facts.pad_id, self._facts.vocab_size
-        )
-        sampler = BatchSampler([row.sampler for row in rows], self._facts.vocab_size, logits.device)
-        tokens = sampler.next_tokens(logits, batch.seen)
-        batch.note_tokens(tokens)
+    def _prefill(self, state: _Running, requests: list[_Request]) -> list[_Row]:
+        """Encode the admitted prompts as new rows and sample each one's first token."""
+        batch = state.batch
+        started = time.perf_counter()
+        rows = [_Row(r, self._facts.decode, batch.capacity) for r in requests]
+        start = batch.rows
+        logits = batch.add(state.model, [r.ids for r in requests])
+        try:
+            sampler = BatchSampler(
+                [row.sampler for row in rows], self._facts.vocab_size, logits.device
+            )
+            tokens = sampler.next_tokens(logits, batch.seen[start:])
+            batch.note_tokens(tokens, start)
+        except Exception:
+            batch.keep(range(start))  # the batch must hold exactly the running rows
+            raise
         for row, token in zip(rows, tokens, strict=True):
             row.accept(token, self._facts.eos_ids)
         self.stats.tokens += len(tokens)
-        return batch, rows
+        self.stats.prefill_s += time.perf_counter() - started
+        return rows
 
 
 def _shut_down() -> GenerationError:

@@ -25,8 +25,18 @@ class PaddedBatch:
     """
 
     def __init__(
-        self, cache: Any, mask: Any, positions: Any, pending: list[int], seen: Any
+        self,
+        cache: Any,
+        mask: Any,
+        positions: Any,
+        pending: list[int],
+        seen: Any,
+        *,
+        pad_id: int = 0,
+        vocab_size: int = 0,
     ) -> None:
+        self._pad_id = pad_id
+        self._vocab = vocab_size
         self.cache = cache
         self.mask = mask
         """[rows, length] int64: 1 where a column holds one of the row's tokens."""
@@ -36,9 +46,39 @@ class PaddedBatch:
         self.seen = seen
         """[rows, vocab] bool: tokens in the row's prompt and reply (repetition penalty)."""
 
+    capacity: int | None = None
+    """No limit on a row's length here beyond the model's (the cache grows as needed)."""
+
+    @classmethod
+    def empty(cls, pad_id: int, vocab_size: int) -> PaddedBatch:
+        """A batch with no rows yet: :meth:`add` gives it some."""
+        return cls(None, None, None, [], None, pad_id=pad_id, vocab_size=vocab_size)
+
     @property
     def rows(self) -> int:
         return len(self.pending)
+
+    def add(self, model: Any, prompts: Sequence[Sequence[int]]) -> Any:
+        """Encode ``prompts`` as new rows at the end; their last position's logits.
+
+        The new rows' tokens are set by :meth:`note_tokens` with ``start`` at the old row
+        count, before the next :meth:`step`.
+        """
+        batch, logits = PaddedBatch.prefill(model, prompts, self._pad_id, self._vocab)
+        batch.pending = [0] * batch.rows  # placeholders until note_tokens
+        if self.rows == 0:
+            self.cache, self.mask, self.positions = batch.cache, batch.mask, batch.positions
+            self.pending, self.seen = batch.pending, batch.seen
+        else:
+            self.extend(batch)
+        return logits
+
+    adapter: str | None = None
+    """Adapter of the model the rows run on (unused here; the slot batch keys graphs by it)."""
+
+    @property
+    def device(self) -> Any:
+        return self.mask.device
 
     @property
     def length(self) -> int:
@@ -75,7 +115,9 @@ class PaddedBatch:
             logits_to_keep=1,
         )
         positions = mask.sum(dim=-1)
-        batch = cls(output.past_key_values, mask, positions, [], seen)
+        batch = cls(
+            output.past_key_values, mask, positions, [], seen, pad_id=pad_id, vocab_size=vocab_size
+        )
         return batch, output.logits[:, -1, :]
 
     def step(self, model: Any) -> Any:
@@ -97,13 +139,15 @@ class PaddedBatch:
         self.positions = self.positions + 1
         return output.logits[:, -1, :]
 
-    def note_tokens(self, tokens: Sequence[int]) -> None:
-        """Record each row's newly sampled token as pending and as seen."""
+    def note_tokens(self, tokens: Sequence[int], start: int = 0) -> None:
+        """Rows ``start ..`` sampled ``tokens``: record them as pending and as seen."""
         import torch
 
-        self.pending = list(tokens)
-        index = torch.tensor(self.pending, dtype=torch.long, device=self.seen.device)
-        self.seen[torch.arange(self.rows, device=self.seen.device), index] = True
+        end = start + len(tokens)
+        self.pending[start:end] = list(tokens)
+        device = self.seen.device
+        index = torch.tensor(list(tokens), dtype=torch.long, device=device)
+        self.seen[torch.arange(start, end, device=device), index] = True
 
     def extend(self, other: PaddedBatch) -> None:
         """Append ``other``'s rows, padding the shorter of the two on the left."""
@@ -112,7 +156,9 @@ class PaddedBatch:
 
         length = max(self.length, other.length)
         layers = []
-        for (k1, v1), (k2, v2) in zip(_layers(self.cache), _layers(other.cache), strict=True):
+        for (k1, v1), (k2, v2) in zip(
+            cache_layers(self.cache), cache_layers(other.cache), strict=True
+        ):
             keys = torch.cat([_pad_left(k1, length), _pad_left(k2, length)], dim=0)
             values = torch.cat([_pad_left(v1, length), _pad_left(v2, length)], dim=0)
             layers.append((keys, values))
@@ -127,6 +173,15 @@ class PaddedBatch:
         import torch
         from transformers import DynamicCache
 
+        if not rows:
+            self.cache, self.mask, self.positions, self.pending, self.seen = (
+                None,
+                None,
+                None,
+                [],
+                None,
+            )
+            return
         index = torch.tensor(list(rows), dtype=torch.long, device=self.mask.device)
         mask = self.mask.index_select(0, index)
         used = mask.any(dim=0)
@@ -137,7 +192,7 @@ class PaddedBatch:
                     keys.index_select(0, index)[:, :, start:],
                     values.index_select(0, index)[:, :, start:],
                 )
-                for keys, values in _layers(self.cache)
+                for keys, values in cache_layers(self.cache)
             ]
         )
         self.mask = mask[:, start:]
@@ -146,7 +201,8 @@ class PaddedBatch:
         self.seen = self.seen.index_select(0, index)
 
 
-def _layers(cache: Any) -> list[tuple[Any, Any]]:
+def cache_layers(cache: Any) -> list[tuple[Any, Any]]:
+    """Each layer's (keys, values) of a ``DynamicCache``."""
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 

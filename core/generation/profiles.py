@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelLoadError
-from core.generation.quantization import Quantization, int4_unavailable_reason, torchao_available
+from core.generation.quantization import Quantization, int4_unavailable_reason
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,10 @@ def _resolve_adapter(settings: Settings, profile: str) -> Path | None:
 def _resolve_quantization(settings: Settings, profile: str, device: str) -> Quantization:
     """The weight format: explicit setting, else the older load_in_4bit, else the profile's.
 
-    ``auto`` prefers int4 for the 7B on a GPU where the kernel can run (it decodes several
-    times faster than NF4 at the same size) and falls back to NF4 elsewhere, CPUs included.
+    ``auto`` is NF4 for the 7B: with the slot batch's CUDA graphs it serves 32 conversations
+    at 2.9x int4's throughput (716 against 249 tokens/s), because tinygemm is slow at prefill
+    and at batch 32; int4 is only ahead for one conversation at a time (146 against 133
+    tokens/s). docs/benchmarks.md, "Serving under load".
     """
     chosen = settings.quantization
     legacy = settings.load_in_4bit
@@ -185,8 +187,6 @@ def _resolve_quantization(settings: Settings, profile: str, device: str) -> Quan
             return "nf4" if legacy else "none"
         if profile != MISTRAL_7B:
             return "none"
-        if device == "cuda" and torchao_available() and int4_unavailable_reason(device) is None:
-            return "int4"
         return "nf4"
     if chosen == "int4":
         reason = int4_unavailable_reason(device)
@@ -196,17 +196,17 @@ def _resolve_quantization(settings: Settings, profile: str, device: str) -> Quan
 
 
 def _resolve_compile(settings: Settings, quantization: Quantization, device: str) -> bool:
-    """Compiled decoding is the default where it pays: int4 and bf16 on a GPU.
+    """CUDA-graph decoding on the static slot cache: the default on every GPU format.
 
-    bitsandbytes' NF4 layers gain little from it (24.6 against 21.9 tokens/s at batch 1,
-    docs/benchmarks.md) while every new batch size costs a compilation, so NF4 stays eager.
+    It is what makes 4-bit serving fast (NF4 at batch 1: 133 tokens/s against 22 eager;
+    docs/benchmarks.md). Capturing takes seconds at start-up, not a compilation per shape.
     """
     if settings.compile is None:
-        return device == "cuda" and quantization in ("int4", "none")
+        return device == "cuda"
     if settings.compile and device != "cuda":
         raise ModelLoadError(
-            "PERSONABOT_COMPILE=true needs a CUDA GPU: transformers compiles decoding only "
-            "there. Unset it (or set it to false) on this machine."
+            "PERSONABOT_COMPILE=true needs a CUDA GPU: CUDA graphs exist only there. Unset it "
+            "(or set it to false) on this machine."
         )
     return settings.compile
 

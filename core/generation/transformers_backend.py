@@ -20,7 +20,7 @@ from core.errors import GenerationError, ModelLoadError
 from core.generation.adapters import AdapterSet
 from core.generation.base import Generation
 from core.generation.batching import BatchingConfig, BatchScheduler, BatchStats, ModelFacts
-from core.generation.fast_decode import compiled_decoding_enabled, enable_compiled_decoding
+from core.generation.fast_decode import enable_compiled_decoding
 from core.generation.profiles import ModelSpec
 from core.generation.quantization import (
     compute_dtype,
@@ -28,6 +28,7 @@ from core.generation.quantization import (
     quantize_int4,
     quantize_nf4,
 )
+from core.generation.slot_batch import SlotBatch
 from core.prompting import fold_system_prompt
 from core.types import ChatMessage, SamplingParams
 
@@ -66,11 +67,15 @@ class TransformersGenerator:
         quant = f", {spec.quantization}" if spec.quantization != "none" else ""
         merged = " (merged)" if spec.merge_adapter else ""
         adapter = f", adapter {spec.adapter.name}{merged}" if spec.adapter else ""
-        compiled = ", compiled" if compiled_decoding_enabled(model) else ""
-        self._name = f"{spec.profile} ({spec.device}, {dtype}{quant}{adapter}{compiled})"
-        self._scheduler = BatchScheduler(
-            self._model_for, model_facts(model, tokenizer), batching or BatchingConfig()
-        )
+        batching = batching or BatchingConfig()
+        facts = model_facts(model, tokenizer)
+        batch = None
+        graphs = ""
+        if spec.compile:
+            batch = _slot_batch(model, facts, batching, self._context_window)
+            graphs = ", CUDA graphs" if spec.device == "cuda" else ", static KV cache"
+        self._name = f"{spec.profile} ({spec.device}, {dtype}{quant}{adapter}{graphs})"
+        self._scheduler = BatchScheduler(self._model_for, facts, batching, batch=batch)
 
     # -- Generator port ---------------------------------------------------------------------
 
@@ -242,6 +247,33 @@ def resolve_weights(spec: ModelSpec) -> str | Path:
             f"Cannot convert {spec.gguf_file} into {spec.converted_dir}: {exc}. Check that "
             "PERSONABOT_DATA_DIR (or PERSONABOT_CACHE_DIR) is writable."
         ) from exc
+
+
+def _slot_batch(
+    model: Any, facts: ModelFacts, batching: BatchingConfig, context_window: int
+) -> SlotBatch:
+    """The static KV cache, allocated and its decode graphs captured now, at start-up.
+
+    Allocating here turns "too little GPU memory for this many conversations" into a
+    start-up error with advice, not a failure at the first busy moment; capturing here keeps
+    the first replies from waiting for it.
+    """
+    import torch
+
+    slots = batching.max_batch_size
+    capacity = min(batching.conversation_tokens, context_window)
+    batch = SlotBatch(slots, capacity, facts.vocab_size, facts.pad_id, graphs=True)
+    try:
+        with torch.inference_mode():
+            batch.allocate_for(model)
+            batch.prepare(model, None)
+    except torch.OutOfMemoryError as exc:
+        raise ModelLoadError(
+            f"Not enough GPU memory for the KV cache of {slots} conversations of {capacity} "
+            f"tokens each ({exc}). Lower PERSONABOT_MAX_BATCH_SIZE or "
+            "PERSONABOT_MAX_PROMPT_TOKENS, or set PERSONABOT_COMPILE=false."
+        ) from exc
+    return batch
 
 
 def load_transformers_generator(

@@ -1,0 +1,333 @@
+"""A running batch whose KV cache is static: one slot per conversation, replayed as CUDA graphs.
+
+Why: a 7B decode step is a few hundred small kernels, and launching them one by one from
+Python takes longer than the GPU needs to run them. The padded batch of
+:mod:`core.generation.kv_batch` changes shape at every step, so it cannot be captured, and
+the scheduler decoded eagerly at about 20 tokens/s per row on an H100 (docs/benchmarks.md).
+Here every tensor a decode step touches has a fixed address:
+
+- each layer's keys and values live in one buffer of ``[slots, kv_heads, capacity, head_dim]``;
+  a conversation owns one slot, and its token at position ``p`` sits in column ``p`` of its
+  slot, whatever the other rows hold, so rows never need re-padding when others join or leave;
+- the running rows always occupy slots ``0 .. rows-1`` (a leaving row's slot is refilled by
+  moving the last ones down), so a step runs on the first ``b`` slots for a batch-size bucket
+  ``b`` and reads only the first ``w`` columns for a width bucket ``w``;
+- one decode step per (adapter, ``b``, ``w``) is captured once into a CUDA graph and replayed;
+  only sampling runs outside it.
+
+New prompts are encoded eagerly (their lengths differ every time) on a padded batch and then
+copied into their slots. On a CPU, or with ``graphs=False``, the same step runs eagerly, which
+is how the tests check it against unbatched generation.
+
+Memory: ``slots * capacity`` tokens of KV cache are allocated up front (128 KB per token for
+a Mistral-7B in bf16), so ``capacity`` is the most a conversation's prompt and reply may
+hold together.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from core.errors import GenerationError
+from core.generation.kv_batch import PaddedBatch, cache_layers
+
+log = logging.getLogger(__name__)
+
+MIN_WIDTH_BUCKET = 128
+"""Narrowest attention width captured: below it the saving is not worth another graph."""
+
+
+def buckets(limit: int, smallest: int = 1) -> list[int]:
+    """Powers of two from ``smallest`` below ``limit``, then ``limit`` itself."""
+    sizes = []
+    size = smallest
+    while size < limit:
+        sizes.append(size)
+        size *= 2
+    sizes.append(limit)
+    return sizes
+
+
+def _bucket(sizes: Sequence[int], need: int) -> int:
+    for size in sizes:
+        if size >= need:
+            return size
+    raise ValueError(f"{need} exceeds the largest bucket {sizes[-1]}")
+
+
+class _View:
+    """Which slots and columns the next forward pass works on (read by every layer)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.width = 0
+        self.slot_index: Any = None
+        self.positions: Any = None
+
+
+def _slot_cache(keys: list[Any], values: list[Any], view: _View) -> Any:
+    """A transformers ``Cache`` that writes each row's new key/value at that row's position.
+
+    Built on transformers' public ``Cache``/``CacheLayerMixin`` so the model treats it like
+    any other cache; the model gets a ready 4-D attention mask and explicit position ids, so
+    it never asks the cache for lengths.
+    """
+    from transformers import cache_utils
+
+    layer_base: Any = cache_utils.CacheLayerMixin
+
+    class SlotLayer(layer_base):  # type: ignore[misc]
+        is_compileable = True
+        is_sliding = False
+
+        def __init__(self, layer_keys: Any, layer_values: Any) -> None:
+            super().__init__()
+            self.keys = layer_keys
+            self.values = layer_values
+            self.is_initialized = True
+
+        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
+            return None  # allocated up front
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
+            b, width = view.rows, view.width
+            rows, columns = view.slot_index[:b], view.positions[:b]
+            self.keys[rows, :, columns] = key_states[:, :, -1]
+            self.values[rows, :, columns] = value_states[:, :, -1]
+            return self.keys[:b, :, :width], self.values[:b, :, :width]
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return view.width, 0
+
+        def get_seq_length(self) -> int:
+            return 0  # unused: position ids are always given
+
+        def get_max_length(self) -> int:
+            return int(self.keys.shape[2])
+
+    layers: list[Any] = [SlotLayer(k, v) for k, v in zip(keys, values, strict=True)]
+    return cache_utils.Cache(layers=layers)
+
+
+class SlotBatch:
+    """The rows being decoded, in KV-cache slots ``0 .. rows-1`` (see the module docstring).
+
+    The interface matches :class:`~core.generation.kv_batch.PaddedBatch`, so the scheduler
+    drives either.
+    """
+
+    def __init__(
+        self,
+        slots: int,
+        capacity: int,
+        vocab_size: int,
+        pad_id: int,
+        *,
+        graphs: bool,
+    ) -> None:
+        self.slots = slots
+        self.capacity = capacity
+        """Most tokens (prompt and reply) one conversation's slot holds."""
+        self._vocab = vocab_size
+        self._pad_id = pad_id
+        self._graphs_wanted = graphs
+        self._batch_sizes = buckets(slots)
+        self._widths = buckets(capacity, min(MIN_WIDTH_BUCKET, capacity))
+        self._keys: list[Any] = []
+        self._values: list[Any] = []
+        self._view = _View()
+        self._cache: Any = None
+        self._tokens: Any = None
+        self._positions: Any = None
+        self._seen: Any = None
+        self._lengths: list[int] = [0] * slots
+        """Host copy of each slot's position, so choosing a bucket needs no device sync."""
+        self._graphs: dict[tuple[str | None, int, int], tuple[Any, Any]] = {}
+        self._pool: Any = None
+        self.rows = 0
+        self.adapter: str | None = None
+        """Adapter of the model the rows run on: graphs are kept per adapter."""
+        self.captures = 0
+        """CUDA graphs captured so far (for logs and tests)."""
+
+    # -- the interface the scheduler uses -------------------------------------------------------
+
+    @property
+    def seen(self) -> Any:
+        """[rows, vocab] bool: tokens in each row's prompt and reply (repetition penalty)."""
+        return self._seen[: self.rows]
+
+    @property
+    def device(self) -> Any:
+        return self._positions.device if self._positions is not None else None
+
+    def add(self, model: Any, prompts: Sequence[Sequence[int]]) -> Any:
+        """Encode ``prompts`` into the next free slots; their last position's logits."""
+        import torch
+
+        longest = max(len(p) for p in prompts)
+        if longest >= self.capacity:
+            raise GenerationError(
+                f"A prompt of {longest} tokens does not fit the KV cache of {self.capacity} "
+                "tokens per conversation (PERSONABOT_MAX_PROMPT_TOKENS)."
+            )
+        if self.rows + len(prompts) > self.slots:
+            raise GenerationError(f"No free KV-cache slot for {len(prompts)} more replies.")
+        padded, logits = PaddedBatch.prefill(model, prompts, self._pad_id, self._vocab)
+        layers = cache_layers(padded.cache)
+        if not self._keys:
+            self._allocate(layers)
+        start, count, length = self.rows, len(prompts), padded.length
+        device = self._positions.device
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
+        # Left-padded rows to left-aligned slots: column j of row r comes from j + (pad of r).
+        shift = (length - lengths).unsqueeze(1) + torch.arange(length, device=device)
+        shift = shift.clamp(max=length - 1)
+        for index, (keys, values) in enumerate(layers):
+            gather = shift[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+            self._keys[index][start : start + count, :, :length] = keys.gather(2, gather)
+            self._values[index][start : start + count, :, :length] = values.gather(2, gather)
+        self._positions[start : start + count] = lengths
+        self._lengths[start : start + count] = [len(p) for p in prompts]
+        self._seen[start : start + count] = padded.seen
+        self.rows += count
+        return logits
+
+    def note_tokens(self, tokens: Sequence[int], start: int = 0) -> None:
+        """Rows ``start ..`` sampled ``tokens``: feed them at the next step, mark them seen."""
+        import torch
+
+        device = self._positions.device
+        ids = torch.tensor(list(tokens), dtype=torch.long, device=device)
+        end = start + len(tokens)
+        self._tokens[start:end, 0] = ids
+        self._seen[torch.arange(start, end, device=device), ids] = True
+
+    def step(self, model: Any) -> Any:
+        """Feed every row's pending token; the next logits [rows, vocab]."""
+
+        rows = self.rows
+        size = _bucket(self._batch_sizes, rows)
+        # The widest row writes at column positions[i]; it must be inside the window.
+        width = _bucket(self._widths, max(self._lengths[:rows]) + 1)
+        if self._graphs_wanted and self._positions.is_cuda:
+            graph, logits = self._graph(model, size, width)
+            graph.replay()
+        else:
+            logits = self._forward(model, size, width)
+        self._positions[:rows] += 1
+        for row in range(rows):
+            self._lengths[row] += 1
+        return logits[:rows]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only ``rows`` (indices, in order), moved down into slots ``0 .. len-1``."""
+        import torch
+
+        moves = [(dst, src) for dst, src in enumerate(rows) if dst != src]
+        if moves:
+            device = self._positions.device
+            dst = torch.tensor([d for d, _ in moves], dtype=torch.long, device=device)
+            src = torch.tensor([s for _, s in moves], dtype=torch.long, device=device)
+            for buffer in (*self._keys, *self._values, self._tokens, self._positions, self._seen):
+                buffer.index_copy_(0, dst, buffer.index_select(0, src))
+        kept = len(rows)
+        self._lengths = [self._lengths[i] for i in rows] + [0] * (self.slots - kept)
+        if self._positions is not None:
+            # Free slots may still run as padding of a bucket: keep their writes in column 0.
+            self._positions[kept:] = 0
+            self._seen[kept:] = False
+        self.rows = kept
+
+    def prepare(self, model: Any, adapter: str | None) -> None:
+        """Capture every bucket's graph for ``adapter`` now rather than at first use.
+
+        Needs the cache allocated (after the first :meth:`add`, or :meth:`allocate_for`).
+        """
+        if not (self._graphs_wanted and self._positions is not None and self._positions.is_cuda):
+            return
+        started = time.monotonic()
+        before = self.captures
+        self.adapter = adapter
+        for size in self._batch_sizes:
+            for width in self._widths:
+                self._graph(model, size, width)
+        log.info(
+            "Captured %d decode graphs in %.1f s.",
+            self.captures - before,
+            time.monotonic() - started,
+        )
+
+    def allocate_for(self, model: Any) -> None:
+        """Allocate the cache by encoding one token (its shapes and dtype come from the model)."""
+        if not self._keys:
+            self.add(model, [[self._pad_id]])
+            self.keep([])
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _allocate(self, prefilled: list[tuple[Any, Any]]) -> None:
+        import torch
+
+        layers, sample_keys = len(prefilled), prefilled[0][0]
+        _, heads, _, head_dim = sample_keys.shape
+        shape = (self.slots, heads, self.capacity, head_dim)
+        dtype, device = sample_keys.dtype, sample_keys.device
+        self._keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self._values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self._tokens = torch.zeros((self.slots, 1), dtype=torch.long, device=device)
+        self._positions = torch.zeros(self.slots, dtype=torch.long, device=device)
+        self._seen = torch.zeros((self.slots, self._vocab), dtype=torch.bool, device=device)
+        self._columns = torch.arange(self.capacity, device=device)
+        self._view.slot_index = torch.arange(self.slots, device=device)
+        self._view.positions = self._positions
+        self._mask_min = torch.finfo(dtype).min
+        self._dtype = dtype
+        self._cache = _slot_cache(self._keys, self._values, self._view)
+
+    def _forward(self, model: Any, size: int, width: int) -> Any:
+        """One decode step over slots ``0 .. size-1``, attending to columns ``0 .. width-1``."""
+        import torch
+
+        positions = self._positions[:size]
+        allowed = self._columns[:width].unsqueeze(0) <= positions.unsqueeze(1)
+        mask = torch.zeros((size, 1, 1, width), dtype=self._dtype, device=positions.device)
+        mask = mask.masked_fill(~allowed[:, None, None, :], self._mask_min)
+        self._view.rows, self._view.width = size, width
+        output = model(
+            input_ids=self._tokens[:size],
+            attention_mask=mask,
+            position_ids=positions.unsqueeze(1),
+            past_key_values=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return output.logits[:, -1, :]
+
+    def _graph(self, model: Any, size: int, width: int) -> tuple[Any, Any]:
+        """The captured step for this adapter and bucket, captured on first use."""
+        import torch
+
+        key = (self.adapter, size, width)
+        found = self._graphs.get(key)
+        if found is not None:
+            return found
+        # Warm-up passes on a side stream, as torch.cuda.graphs requires; they write each
+        # row's pending token at its position, exactly what the replay will write again.
+        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(model, size, width)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self._forward(model, size, width)
+        if self._pool is None:
+            self._pool = graph.pool()
+        self._graphs[key] = (graph, logits)
+        self.captures += 1
+        return graph, logits
