@@ -187,10 +187,14 @@ class SlotDecoder:
     """
 
     def __init__(self, model: Any, slots: int, capacity: int, vocab_size: int) -> None:
+        import torch
+
         from core.generation.slot_batch import SlotBatch
 
         self.model = model
         self.batch = SlotBatch(slots, capacity, vocab_size, 0, graphs=True)
+        with torch.inference_mode():  # so the warm-up call captures the prompt graphs too
+            self.batch.allocate_for(model)
         self.decode_s: list[float] = []
         """Per call: seconds from the first token on the host to the last (prefill excluded)."""
 

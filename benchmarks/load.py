@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -243,6 +244,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         if args.random_model:
             quantization: Quantization = args.quantization or ("nf4" if cuda else "none")
             batching = BatchingConfig.from_settings(settings)
+            if args.padded_prefill_rows is not None:
+                batching = dataclasses.replace(
+                    batching, padded_prefill_rows=args.padded_prefill_rows
+                )
             graphs = cuda if args.graphs is None else args.graphs
             generator = await asyncio.to_thread(
                 random_generator, args.random_model, args.device, quantization, batching, graphs
@@ -360,6 +365,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="random model: decode on the static slot KV cache, replayed as CUDA graphs on a "
         "GPU (PERSONABOT_COMPILE); default on with CUDA",
+    )
+    parser.add_argument(
+        "--padded-prefill-rows",
+        type=int,
+        default=None,
+        help="random model with --graphs: from this many prompts admitted at once, one "
+        "padded eager pass encodes them instead of captured prompt-chunk graphs (default: never)",
     )
     parser.add_argument("--batch-window-ms", type=float, default=10.0)
     parser.add_argument("--max-queued", type=int, default=64, help="PERSONABOT_MAX_QUEUED_REQUESTS")

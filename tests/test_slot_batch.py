@@ -59,6 +59,7 @@ def _greedy_rows(
     out: list[list[int]] = [[] for _ in inputs]
     alive = list(range(len(inputs)))
     with torch.inference_mode():
+        batch.allocate_for(model)
         logits = batch.add(model, inputs)
         tokens = logits.argmax(dim=-1).tolist()
         batch.note_tokens(tokens)
@@ -74,6 +75,19 @@ def _greedy_rows(
             for row, token in zip(alive, tokens, strict=True):
                 out[row].append(token)
     return out
+
+
+def test_prompts_written_chunk_by_chunk_decode_like_one_padded_pass(tiny_model: Any) -> None:
+    """Prompts encoded into their slots chunk by chunk (as the GPU's captured prompt graphs
+    do, several chunks for the longest) continue exactly as after one padded pass."""
+    rng = torch.Generator().manual_seed(11)
+    lengths = [5, 70, 300, 530]
+    inputs = [torch.randint(3, 300, (n,), generator=rng).tolist() for n in lengths]
+    chunked = SlotBatch(8, 700, 300, 0, graphs=False, padded_prefill_rows=None)
+    padded = SlotBatch(8, 700, 300, 0, graphs=False, padded_prefill_rows=1)
+    assert _greedy_rows(tiny_model, chunked, inputs, 12) == _greedy_rows(
+        tiny_model, padded, inputs, 12
+    )
 
 
 @cuda
@@ -107,12 +121,13 @@ def test_cuda_graph_replay_gives_the_eager_tokens(quantization: str) -> None:
     model.to("cuda").eval()
     inputs = prompts(5, seed=10)
     results = []
-    for graphs in (False, True):
-        batch = SlotBatch(8, 256, 320, 0, graphs=graphs)
+    for graphs, padded_rows in ((False, 1), (True, 1), (True, None)):
+        # Eager with one padded prefill; graphs with it; graphs with prompt-chunk graphs.
+        batch = SlotBatch(8, 256, 320, 0, graphs=graphs, padded_prefill_rows=padded_rows)
         results.append(_greedy_rows(model, batch, inputs, 24))
         if graphs:
             assert batch.captures > 0
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
 
 
 @cuda
@@ -135,5 +150,7 @@ def test_cuda_prepare_captures_every_bucket_once() -> None:
     with torch.inference_mode():
         batch.allocate_for(model)
         batch.prepare(model, None)
-    assert batch.captures == len(buckets(4)) * len(buckets(300, 128))
+    decode_graphs = len(buckets(4)) * len(buckets(300, 128))
+    prompt_graphs = 3 + 3 + 3 + 2  # chunks 32, 64, 128, 256 at widths 128, 256, 300 >= chunk
+    assert batch.captures == decode_graphs + prompt_graphs
     assert batch.rows == 0

@@ -100,6 +100,9 @@ class BatchingConfig:
     conversation_tokens: int = 2048
     """Prompt plus reply of one conversation at most: the engine's prompt budget, which is
     what a static KV cache gives each conversation (capped by the model's context window)."""
+    padded_prefill_rows: int | None = None
+    """Static KV cache only: from this many prompts admitted at once, one padded pass
+    encodes them; None: never (see :data:`core.generation.slot_batch.PADDED_PREFILL_ROWS`)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BatchingConfig:

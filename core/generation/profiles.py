@@ -171,9 +171,9 @@ def _resolve_quantization(settings: Settings, profile: str, device: str) -> Quan
     """The weight format: explicit setting, else the older load_in_4bit, else the profile's.
 
     ``auto`` is NF4 for the 7B: with the slot batch's CUDA graphs it serves 32 conversations
-    at 2.9x int4's throughput (716 against 249 tokens/s), because tinygemm is slow at prefill
-    and at batch 32; int4 is only ahead for one conversation at a time (146 against 133
-    tokens/s). docs/benchmarks.md, "Serving under load".
+    at over 3x int4's throughput (779-913 against 235 tokens/s), because tinygemm is slow at
+    prompts and at batch 32; int4 is only ahead for one conversation at a time (149 against
+    143 tokens/s). docs/benchmarks.md, "Serving under load".
     """
     chosen = settings.quantization
     legacy = settings.load_in_4bit
@@ -198,7 +198,7 @@ def _resolve_quantization(settings: Settings, profile: str, device: str) -> Quan
 def _resolve_compile(settings: Settings, quantization: Quantization, device: str) -> bool:
     """CUDA-graph decoding on the static slot cache: the default on every GPU format.
 
-    It is what makes 4-bit serving fast (NF4 at batch 1: 133 tokens/s against 22 eager;
+    It is what makes 4-bit serving fast (NF4 at batch 1: 143 tokens/s against 22 eager;
     docs/benchmarks.md). Capturing takes seconds at start-up, not a compilation per shape.
     """
     if settings.compile is None:

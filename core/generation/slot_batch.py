@@ -13,11 +13,15 @@ Here every tensor a decode step touches has a fixed address:
   moving the last ones down), so a step runs on the first ``b`` slots for a batch-size bucket
   ``b`` and reads only the first ``w`` columns for a width bucket ``w``;
 - one decode step per (adapter, ``b``, ``w``) is captured once into a CUDA graph and replayed;
-  only sampling runs outside it.
+  only sampling runs outside it;
+- a new prompt is written straight into its slot in chunks of up to 512 tokens, padded to a
+  chunk bucket (32, 64, ... 512), each chunk a replay of its own captured graph: an eager
+  pass costs about 0.1 s of kernel launches from Python whatever the prompt's length, and
+  every running row waits for it. (A burst of many prompts can instead go through one padded
+  eager pass, ``padded_prefill_rows``; off by default, see :data:`PADDED_PREFILL_ROWS`.)
 
-New prompts are encoded eagerly (their lengths differ every time) on a padded batch and then
-copied into their slots. On a CPU, or with ``graphs=False``, the same step runs eagerly, which
-is how the tests check it against unbatched generation.
+On a CPU, or with ``graphs=False``, the same passes run eagerly, which is how the tests check
+them against unbatched generation.
 
 Memory: ``slots * capacity`` tokens of KV cache are allocated up front (128 KB per token for
 a Mistral-7B in bf16), so ``capacity`` is the most a conversation's prompt and reply may
@@ -38,6 +42,61 @@ log = logging.getLogger(__name__)
 
 MIN_WIDTH_BUCKET = 128
 """Narrowest attention width captured: below it the saving is not worth another graph."""
+
+PREFILL_CHUNKS = (32, 64, 128, 256, 512)
+"""Token counts of the captured prompt-chunk graphs; longer prompts take several chunks."""
+
+PADDED_PREFILL_ROWS: int | None = None
+"""From this many prompts admitted at once, one padded eager pass encodes them all instead
+of chunk graphs, one prompt at a time; None: never. For a burst of many prompts one large
+pass (one dequantisation of each 4-bit weight for all of them) does less work, but its
+activations grow with the burst (3 GB more at the peak for 32 prompts of a Mistral-7B,
+docs/benchmarks.md) while chunks keep the prefill's memory at one 512-token chunk, and
+under load the two measured the same within run-to-run noise."""
+
+DECODE_ATTENTION = "personabot_grouped_decode"
+"""Name under which :func:`grouped_decode_attention` is registered with transformers."""
+
+
+def grouped_decode_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """Attention for one new token per row, without copying the KV cache per query head.
+
+    Why: with a mask, transformers' SDPA path repeats every key/value head for each query
+    head that shares it (``repeat_kv``), a copy of the whole attended cache in every layer
+    at every step (about 17 GB of memory traffic per step for 32 Mistral-7B rows at width
+    512). With one query token, the query heads that share a key/value head can instead be
+    that head's query rows: one SDPA call over the cache as it lies, the same mask for all.
+    """
+    import torch
+
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    if length != 1:  # not a decode step: transformers' own SDPA path
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        grouped, key, value, attn_mask=attention_mask, scale=scaling
+    )
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(DECODE_ATTENTION, grouped_decode_attention)
 
 
 def buckets(limit: int, smallest: int = 1) -> list[int]:
@@ -62,10 +121,16 @@ class _View:
     """Which slots and columns the next forward pass works on (read by every layer)."""
 
     def __init__(self) -> None:
+        self.prefill = False
+        """A prompt chunk of one row (else a decode step of every row)."""
         self.rows = 0
         self.width = 0
         self.slot_index: Any = None
         self.positions: Any = None
+        self.prefill_slot: Any = None
+        """[1]: the slot a prompt chunk is written into."""
+        self.prefill_columns: Any = None
+        """[chunk]: the columns its tokens go to."""
 
 
 def _slot_cache(keys: list[Any], values: list[Any], view: _View) -> Any:
@@ -93,7 +158,16 @@ def _slot_cache(keys: list[Any], values: list[Any], view: _View) -> Any:
             return None  # allocated up front
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
-            b, width = view.rows, view.width
+            width = view.width
+            if view.prefill:
+                slot, columns = view.prefill_slot[:, None], view.prefill_columns[None, :]
+                self.keys[slot, :, columns] = key_states.transpose(1, 2)
+                self.values[slot, :, columns] = value_states.transpose(1, 2)
+                return (
+                    self.keys[:, :, :width].index_select(0, view.prefill_slot),
+                    self.values[:, :, :width].index_select(0, view.prefill_slot),
+                )
+            b = view.rows
             rows, columns = view.slot_index[:b], view.positions[:b]
             self.keys[rows, :, columns] = key_states[:, :, -1]
             self.values[rows, :, columns] = value_states[:, :, -1]
@@ -127,7 +201,10 @@ class SlotBatch:
         pad_id: int,
         *,
         graphs: bool,
+        padded_prefill_rows: int | None = PADDED_PREFILL_ROWS,
     ) -> None:
+        """``padded_prefill_rows``: this many prompts or more admitted together are encoded
+        in one padded eager pass instead of chunk by chunk (see :meth:`add`)."""
         self.slots = slots
         self.capacity = capacity
         """Most tokens (prompt and reply) one conversation's slot holds."""
@@ -136,6 +213,8 @@ class SlotBatch:
         self._graphs_wanted = graphs
         self._batch_sizes = buckets(slots)
         self._widths = buckets(capacity, min(MIN_WIDTH_BUCKET, capacity))
+        self._chunks = [c for c in PREFILL_CHUNKS if c < capacity] or [capacity]
+        self._padded_prefill_rows = padded_prefill_rows
         self._keys: list[Any] = []
         self._values: list[Any] = []
         self._view = _View()
@@ -145,13 +224,14 @@ class SlotBatch:
         self._seen: Any = None
         self._lengths: list[int] = [0] * slots
         """Host copy of each slot's position, so choosing a bucket needs no device sync."""
-        self._graphs: dict[tuple[str | None, int, int], tuple[Any, Any]] = {}
+        self._graphs: dict[tuple[str, str | None, int, int], tuple[Any, Any]] = {}
         self._pool: Any = None
         self.rows = 0
         self.adapter: str | None = None
         """Adapter of the model the rows run on: graphs are kept per adapter."""
         self.captures = 0
         """CUDA graphs captured so far (for logs and tests)."""
+        _register_attention()
 
     # -- the interface the scheduler uses -------------------------------------------------------
 
@@ -166,7 +246,6 @@ class SlotBatch:
 
     def add(self, model: Any, prompts: Sequence[Sequence[int]]) -> Any:
         """Encode ``prompts`` into the next free slots; their last position's logits."""
-        import torch
 
         longest = max(len(p) for p in prompts)
         if longest >= self.capacity:
@@ -176,6 +255,15 @@ class SlotBatch:
             )
         if self.rows + len(prompts) > self.slots:
             raise GenerationError(f"No free KV-cache slot for {len(prompts)} more replies.")
+        burst = self._padded_prefill_rows
+        if self._keys and (burst is None or len(prompts) < burst):
+            return self._add_by_chunks(model, prompts)
+        return self._add_padded(model, prompts)
+
+    def _add_padded(self, model: Any, prompts: Sequence[Sequence[int]]) -> Any:
+        """One eager pass over the left-padded prompts, then their keys/values into slots."""
+        import torch
+
         padded, logits = PaddedBatch.prefill(model, prompts, self._pad_id, self._vocab)
         layers = cache_layers(padded.cache)
         if not self._keys:
@@ -213,8 +301,8 @@ class SlotBatch:
         size = _bucket(self._batch_sizes, rows)
         # The widest row writes at column positions[i]; it must be inside the window.
         width = _bucket(self._widths, max(self._lengths[:rows]) + 1)
-        if self._graphs_wanted and self._positions.is_cuda:
-            graph, logits = self._graph(model, size, width)
+        if self._use_graphs():
+            graph, logits = self._graph("decode", model, size, width)
             graph.replay()
         else:
             logits = self._forward(model, size, width)
@@ -247,16 +335,21 @@ class SlotBatch:
 
         Needs the cache allocated (after the first :meth:`add`, or :meth:`allocate_for`).
         """
-        if not (self._graphs_wanted and self._positions is not None and self._positions.is_cuda):
+        if not (self._positions is not None and self._use_graphs()):
             return
         started = time.monotonic()
         before = self.captures
         self.adapter = adapter
         for size in self._batch_sizes:
             for width in self._widths:
-                self._graph(model, size, width)
+                self._graph("decode", model, size, width)
+        self._prefill_slot.fill_(self.rows)  # a free slot: the warm-up passes write into it
+        for chunk in self._chunks:
+            for width in self._widths:
+                if width >= chunk or width == self.capacity:
+                    self._graph("prefill", model, chunk, width)
         log.info(
-            "Captured %d decode graphs in %.1f s.",
+            "Captured %d decode and prompt graphs in %.1f s.",
             self.captures - before,
             time.monotonic() - started,
         )
@@ -268,6 +361,83 @@ class SlotBatch:
             self.keep([])
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _add_by_chunks(self, model: Any, prompts: Sequence[Sequence[int]]) -> Any:
+        """Each prompt written straight into its slot, a chunk per (captured) pass.
+
+        Why: an eager pass launches a few hundred kernels from Python for any prompt, about
+        0.1 s for a 7B on the GPU host measured, against milliseconds for a short prompt's
+        actual work; every running row waits for it.
+        """
+        import torch
+
+        device = self._positions.device
+        chunk_max = self._chunks[-1]
+        last_logits = []
+        for prompt in prompts:
+            slot = self.rows
+            self._prefill_slot.fill_(slot)
+            start = 0
+            while start < len(prompt):
+                piece = list(prompt[start : start + chunk_max])
+                chunk = _bucket(self._chunks, len(piece))
+                width = _bucket(self._widths, min(start + chunk, self.capacity))
+                ids = piece + [self._pad_id] * (chunk - len(piece))
+                self._prefill_ids[0, :chunk] = torch.tensor(ids, dtype=torch.long)
+                self._prefill_start.fill_(start)
+                self._prefill_last.fill_(len(piece) - 1)
+                if self._use_graphs():
+                    graph, logits = self._graph("prefill", model, chunk, width)
+                    graph.replay()
+                else:
+                    logits = self._prefill_forward(model, chunk, width)
+                start += len(piece)
+            last_logits.append(logits[0, -1].clone())
+            ids_seen = torch.tensor(list(prompt), dtype=torch.long, device=device)
+            self._seen[slot] = False
+            self._seen[slot, ids_seen] = True
+            self._positions[slot] = len(prompt)
+            self._lengths[slot] = len(prompt)
+            self.rows += 1
+        return torch.stack(last_logits)
+
+    def _use_graphs(self) -> bool:
+        return bool(self._graphs_wanted and self._positions.is_cuda)
+
+    def _prefill_forward(self, model: Any, chunk: int, width: int) -> Any:
+        """One prompt chunk of ``chunk`` tokens into slot ``_prefill_slot`` from column
+        ``_prefill_start``; the logits of its last real token [1, 1, vocab]."""
+        import torch
+
+        positions = self._prefill_start + self._columns[:chunk]
+        # Padding past the slot's end writes to its last column, which no real token of
+        # the prompt holds (prompts are shorter than the slot) and the decode overwrites.
+        self._view.prefill_columns = positions.clamp(max=self.capacity - 1)
+        allowed = self._columns[:width].unsqueeze(0) <= positions.unsqueeze(1)
+        mask = torch.zeros((1, 1, chunk, width), dtype=self._dtype, device=positions.device)
+        mask = mask.masked_fill(~allowed[None, None], self._mask_min)
+        self._view.prefill, self._view.width = True, width
+        try:
+            return self._run(
+                model,
+                input_ids=self._prefill_ids[:, :chunk],
+                attention_mask=mask,
+                position_ids=positions.unsqueeze(0),
+                logits_to_keep=self._prefill_last,
+            )
+        finally:
+            self._view.prefill = False
+
+    def _run(self, model: Any, **inputs: Any) -> Any:
+        """The model over the slot cache, with the grouped decode attention."""
+        config = model.config
+        usual = config._attn_implementation
+        config._attn_implementation = DECODE_ATTENTION  # for this pass only (see above)
+        try:
+            output = model(past_key_values=self._cache, use_cache=True, **inputs)
+        finally:
+            config._attn_implementation = usual
+        return output.logits
 
     def _allocate(self, prefilled: list[tuple[Any, Any]]) -> None:
         import torch
@@ -281,7 +451,14 @@ class SlotBatch:
         self._tokens = torch.zeros((self.slots, 1), dtype=torch.long, device=device)
         self._positions = torch.zeros(self.slots, dtype=torch.long, device=device)
         self._seen = torch.zeros((self.slots, self._vocab), dtype=torch.bool, device=device)
-        self._columns = torch.arange(self.capacity, device=device)
+        self._columns = torch.arange(max(self.capacity, self._chunks[-1]), device=device)
+        self._prefill_ids = torch.full(
+            (1, self._chunks[-1]), self._pad_id, dtype=torch.long, device=device
+        )
+        self._prefill_start = torch.zeros(1, dtype=torch.long, device=device)
+        self._prefill_last = torch.zeros(1, dtype=torch.long, device=device)
+        self._prefill_slot = torch.zeros(1, dtype=torch.long, device=device)
+        self._view.prefill_slot = self._prefill_slot
         self._view.slot_index = torch.arange(self.slots, device=device)
         self._view.positions = self._positions
         self._mask_min = torch.finfo(dtype).min
@@ -297,35 +474,40 @@ class SlotBatch:
         mask = torch.zeros((size, 1, 1, width), dtype=self._dtype, device=positions.device)
         mask = mask.masked_fill(~allowed[:, None, None, :], self._mask_min)
         self._view.rows, self._view.width = size, width
-        output = model(
+        logits = self._run(
+            model,
             input_ids=self._tokens[:size],
             attention_mask=mask,
             position_ids=positions.unsqueeze(1),
-            past_key_values=self._cache,
-            use_cache=True,
             logits_to_keep=1,
         )
-        return output.logits[:, -1, :]
+        return logits[:, -1, :]
 
-    def _graph(self, model: Any, size: int, width: int) -> tuple[Any, Any]:
-        """The captured step for this adapter and bucket, captured on first use."""
+    def _graph(self, kind: str, model: Any, size: int, width: int) -> tuple[Any, Any]:
+        """The captured pass for this adapter and bucket, captured on first use.
+
+        ``kind`` "decode": a step of ``size`` rows; "prefill": a prompt chunk of ``size``
+        tokens.
+        """
         import torch
 
-        key = (self.adapter, size, width)
+        key = (kind, self.adapter, size, width)
         found = self._graphs.get(key)
         if found is not None:
             return found
-        # Warm-up passes on a side stream, as torch.cuda.graphs requires; they write each
-        # row's pending token at its position, exactly what the replay will write again.
+        run = self._forward if kind == "decode" else self._prefill_forward
+        # Warm-up passes on a side stream, as torch.cuda.graphs requires; they write what
+        # the replay will write again (each row's pending token at its position, or the
+        # chunk into its slot).
         stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._forward(model, size, width)
+                run(model, size, width)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            logits = self._forward(model, size, width)
+            logits = run(model, size, width)
         if self._pool is None:
             self._pool = graph.pool()
         self._graphs[key] = (graph, logits)

@@ -262,7 +262,14 @@ def _slot_batch(
 
     slots = batching.max_batch_size
     capacity = min(batching.conversation_tokens, context_window)
-    batch = SlotBatch(slots, capacity, facts.vocab_size, facts.pad_id, graphs=True)
+    batch = SlotBatch(
+        slots,
+        capacity,
+        facts.vocab_size,
+        facts.pad_id,
+        graphs=True,
+        padded_prefill_rows=batching.padded_prefill_rows,
+    )
     try:
         with torch.inference_mode():
             batch.allocate_for(model)
