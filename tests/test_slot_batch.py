@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from benchmarks.random_models import random_mistral
 from core.errors import GenerationError
 from core.generation.batching import BatchingConfig
 from core.generation.slot_batch import SlotBatch, buckets
@@ -21,6 +22,21 @@ from tests.test_batching import hf_generate, prompts, tiny_model, tiny_scheduler
 __all__ = ["tiny_model"]  # the fixture, shared with test_batching
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def small_mistral(*, hidden: int, layers: int, intermediate: int, vocab: int) -> Any:
+    """A random bf16 Mistral on the CPU (4 query heads sharing 2 key/value heads)."""
+    dims = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": intermediate,
+        "vocab_size": vocab,
+        "max_position_embeddings": 512,
+        "sliding_window": None,
+    }
+    return random_mistral(dims, "cpu", torch.bfloat16)
 
 
 def test_buckets_are_powers_of_two_up_to_the_limit() -> None:
@@ -95,25 +111,12 @@ def test_prompts_written_chunk_by_chunk_decode_like_one_padded_pass(tiny_model: 
 def test_cuda_graph_replay_gives_the_eager_tokens(quantization: str) -> None:
     """The captured step (graphs=True) and the eager one agree token for token, in bf16
     and in both 4-bit formats (bitsandbytes NF4 and torchao int4 inside a CUDA graph)."""
-    from transformers import MistralConfig, MistralForCausalLM
-
     from core.generation.quantization import quantize_int4, quantize_nf4, torchao_available
 
     if quantization == "int4" and not torchao_available():
         pytest.skip("int4 needs torchao")
     torch.manual_seed(0)
-    config = MistralConfig(
-        hidden_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=512,
-        vocab_size=320,
-        max_position_embeddings=512,
-        sliding_window=None,
-    )
-    model: Any = MistralForCausalLM(config)
-    model = model.to(torch.bfloat16)
+    model = small_mistral(hidden=256, layers=2, intermediate=512, vocab=320)
     if quantization == "nf4":
         quantize_nf4(model, "cuda")
     elif quantization == "int4":
@@ -132,20 +135,7 @@ def test_cuda_graph_replay_gives_the_eager_tokens(quantization: str) -> None:
 
 @cuda
 def test_cuda_prepare_captures_every_bucket_once() -> None:
-    from transformers import MistralConfig, MistralForCausalLM
-
-    config = MistralConfig(
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=300,
-        max_position_embeddings=512,
-        sliding_window=None,
-    )
-    model: Any = MistralForCausalLM(config)
-    model = model.to("cuda", torch.bfloat16).eval()
+    model = small_mistral(hidden=64, layers=1, intermediate=128, vocab=300).to("cuda").eval()
     batch = SlotBatch(4, 300, 300, 0, graphs=True)
     with torch.inference_mode():
         batch.allocate_for(model)
