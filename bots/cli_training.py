@@ -12,6 +12,14 @@ import typer
 from bots.cli_common import ConfigOption, ProfileOption, settings_or_exit
 from training.train_lm import DEFAULT_TARGETS  # cheap: torch is imported only when training
 
+BaseModelOption = Annotated[
+    str | None,
+    typer.Option(help="Local model folder, Hub id or .gguf file replacing the profile's weights."),
+]
+"""``--base-model`` of the commands that load a model (train, eval, persona-replay)."""
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda.")]
+"""``--device`` of the same commands; None: the settings' choice."""
+
 
 def train_mood(
     data: Annotated[
@@ -105,12 +113,7 @@ def train(
         ),
     ] = None,
     profile: ProfileOption = None,
-    base_model: Annotated[
-        str | None,
-        typer.Option(
-            help="Local model folder, Hub id or .gguf file replacing the profile's weights."
-        ),
-    ] = None,
+    base_model: BaseModelOption = None,
     data_format: Annotated[
         str,
         typer.Option(
@@ -150,7 +153,7 @@ def train(
             "GPU, fp32 on a CPU).",
         ),
     ] = True,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    device: DeviceOption = None,
     epochs: Annotated[float, typer.Option(help="Passes over the training data.")] = 1.0,
     max_steps: Annotated[
         int | None, typer.Option(min=1, help="Optimizer steps; overrides --epochs.")
@@ -309,14 +312,11 @@ def evaluate(
         typer.Option(help="Adapter folder (default: the profile's default adapter)."),
     ] = None,
     profile: ProfileOption = None,
-    base_model: Annotated[
-        str | None,
-        typer.Option(help="Local model folder, Hub id or .gguf file replacing the profile's."),
-    ] = None,
+    base_model: BaseModelOption = None,
     data_format: Annotated[
         str, typer.Option("--format", help="auto, dailydialog, alpaca or chat.")
     ] = "auto",
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    device: DeviceOption = None,
     max_examples: Annotated[
         int | None, typer.Option(min=1, help="Reply turns scored for perplexity (seeded sample).")
     ] = 1000,
@@ -402,11 +402,8 @@ def persona_replay(
         str | None, typer.Option(help="Comma-separated persona names (default: all built-in).")
     ] = None,
     profile: ProfileOption = None,
-    base_model: Annotated[
-        str | None,
-        typer.Option(help="Local model folder, Hub id or .gguf file replacing the profile's."),
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    base_model: BaseModelOption = None,
+    device: DeviceOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Replies generated at once.")] = 64,
     max_new_tokens: Annotated[
         int, typer.Option(min=8, help="Longest reply; longer ones are cut to a full sentence.")

@@ -221,7 +221,6 @@ class _Running:
         self.batch = batch
         self.sampler: BatchSampler | None = None
         self.model: Any = None
-        self.adapter: str | None = None
 
 
 class BatchScheduler:
@@ -387,7 +386,7 @@ class BatchScheduler:
         with torch.inference_mode():
             while True:
                 self._evict(state)  # rows finished or abandoned since the last step
-                admitted = self._take(state.adapter, len(state.rows))
+                admitted = self._take(state.batch.adapter, len(state.rows))
                 if admitted is None:
                     break
                 admitted = [r for r in admitted if not r.cancelled]
@@ -416,9 +415,8 @@ class BatchScheduler:
 
     def _admit(self, state: _Running, requests: list[_Request]) -> None:
         if not state.rows:
-            state.adapter = requests[0].params.adapter
-            state.model = self._select_model(state.adapter)
-            state.batch.adapter = state.adapter
+            state.batch.adapter = requests[0].params.adapter
+            state.model = self._select_model(state.batch.adapter)
         rows = self._prefill(state, requests)
         state.rows = state.rows + rows
         state.sampler = None

@@ -34,12 +34,6 @@ def enable_compiled_decoding(model: Any, *, fullgraph: bool = False) -> None:
     config.compile_config = CompileConfig(fullgraph=fullgraph, mode=COMPILE_MODE)
 
 
-def compiled_decoding_enabled(model: Any) -> bool:
-    """Whether :func:`enable_compiled_decoding` was applied (for names and logs)."""
-    config = getattr(model, "generation_config", None)
-    return getattr(config, "cache_implementation", None) == "static"
-
-
 class GraphDecoder:
     """Greedy decoding whose whole one-token step (forward and argmax) is one CUDA graph.
 
