@@ -192,7 +192,8 @@ class SlotDecoder:
         from core.generation.slot_batch import SlotBatch
 
         self.model = model
-        self.batch = SlotBatch(slots, capacity, vocab_size, 0, graphs=True)
+        # Every call sends the same prompts: reusing them would time no prompt encoding.
+        self.batch = SlotBatch(slots, capacity, vocab_size, 0, graphs=True, reuse_prefixes=False)
         with torch.inference_mode():  # so the warm-up call captures the prompt graphs too
             self.batch.allocate_for(model)
         self.decode_s: list[float] = []

@@ -264,13 +264,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             stats = getattr(generator, "batch_stats", None)
-            tokens_before = stats.tokens if stats is not None else 0
-            steps_before = (stats.steps, stats.row_steps) if stats is not None else (0, 0)
-            phases_before = (
-                (stats.prefills, stats.prefill_s, stats.step_s, stats.sample_s)
-                if stats is not None
-                else (0, 0.0, 0.0, 0.0)
-            )
+            before = dataclasses.replace(stats) if stats is not None else None  # a copy
             timings = [Timings() for _ in range(args.conversations)]
             wall_started = time.perf_counter()
             await asyncio.gather(
@@ -302,20 +296,23 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
     }
-    if stats is not None:
-        tokens = stats.tokens - tokens_before
-        steps = stats.steps - steps_before[0]
+    if stats is not None and before is not None:
+        tokens = stats.tokens - before.tokens
+        steps = stats.steps - before.steps
         result["completion_tokens"] = tokens
         result["tokens_per_s"] = round(tokens / wall, 1)
         result["mean_batch_size"] = (
-            round((stats.row_steps - steps_before[1]) / steps, 2) if steps else None
+            round((stats.row_steps - before.row_steps) / steps, 2) if steps else None
         )
         result["peak_batch_size"] = stats.peak_rows
+        # Prompt tokens admitted, and how many of them the KV cache already held.
+        result["prompt_tokens"] = stats.prompt_tokens - before.prompt_tokens
+        result["reused_prompt_tokens"] = stats.reused_tokens - before.reused_tokens
         # Where the worker's time went (the rest of the wall time it was idle or waiting).
-        result["prefills"] = stats.prefills - phases_before[0]
-        result["prefill_s"] = round(stats.prefill_s - phases_before[1], 2)
-        result["step_s"] = round(stats.step_s - phases_before[2], 2)
-        result["sample_s"] = round(stats.sample_s - phases_before[3], 2)
+        result["prefills"] = stats.prefills - before.prefills
+        result["prefill_s"] = round(stats.prefill_s - before.prefill_s, 2)
+        result["step_s"] = round(stats.step_s - before.step_s, 2)
+        result["sample_s"] = round(stats.sample_s - before.sample_s, 2)
     if cuda:
         result["gpu"] = torch.cuda.get_device_name()
         result["weights_gb"] = round(weights_gb or 0.0, 2)

@@ -7,6 +7,8 @@ batches; these cover what only the slot batch has. The CUDA tests run where a GP
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from core.errors import GenerationError
 from core.generation.batching import BatchingConfig
 from core.generation.slot_batch import SlotBatch, buckets
 from core.types import SamplingParams
-from tests.test_batching import hf_generate, prompts, tiny_model, tiny_scheduler
+from tests.test_batching import EOS, GREEDY, hf_generate, prompts, tiny_model, tiny_scheduler
 
 __all__ = ["tiny_model"]  # the fixture, shared with test_batching
 
@@ -144,3 +146,141 @@ def test_cuda_prepare_captures_every_bucket_once() -> None:
     prompt_graphs = 3 + 3 + 3 + 2  # chunks 32, 64, 128, 256 at widths 128, 256, 300 >= chunk
     assert batch.captures == decode_graphs + prompt_graphs
     assert batch.rows == 0
+
+
+# -- prefix reuse ---------------------------------------------------------------------------------
+
+
+def hf_reply_ids(model: Any, ids: list[int], new_tokens: int) -> list[int]:
+    """transformers' greedy reply to ``ids``, as token ids (the end-of-turn token included)."""
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=torch.tensor([ids], device=model.device),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=EOS,
+            pad_token_id=0,
+        )
+    return [int(t) for t in out[0][len(ids) :]]
+
+
+async def test_the_next_message_reuses_the_conversation_slot_and_decodes_the_same(
+    tiny_model: Any,
+) -> None:
+    """A conversation's second prompt (first prompt, reply, new message) starts from the
+    keys and values its slot kept, even after three other conversations ran meanwhile with
+    its slot as a padding row of their batch-size bucket, and decodes exactly as from
+    scratch."""
+    scheduler = tiny_scheduler(
+        tiny_model, BatchingConfig(max_batch_size=4, window_seconds=0.05), kind="slots"
+    )
+    first = list(range(10, 40))
+    try:
+        assert await scheduler.generate(first, GREEDY) == hf_generate(tiny_model, first, GREEDY)
+        others = [[7, *p] for p in prompts(3, seed=4)]  # never starting like ``first``
+        results = await asyncio.gather(*(scheduler.generate(p, GREEDY) for p in others))
+        assert scheduler.stats.peak_rows == 3  # slot 3, holding ``first``, ran as padding
+        assert results == [hf_generate(tiny_model, p, GREEDY) for p in others]
+        reply = hf_reply_ids(tiny_model, first, GREEDY.max_new_tokens)
+        second = [*first, *reply, 41, 42, 43, 44]
+        assert scheduler.stats.reused_tokens == 0
+        assert await scheduler.generate(second, GREEDY) == hf_generate(tiny_model, second, GREEDY)
+    finally:
+        await scheduler.aclose()
+    # Every token but the reply's last, which was sampled and never fed.
+    assert scheduler.stats.reused_tokens == len(first) + len(reply) - 1
+
+
+async def test_a_shared_start_is_copied_and_its_owner_keeps_its_slot(tiny_model: Any) -> None:
+    """A prompt sharing only its start with a kept conversation (the persona's instructions,
+    say) gets that start copied into another slot; the kept conversation's next message
+    still finds all of its own tokens."""
+    scheduler = tiny_scheduler(
+        tiny_model, BatchingConfig(max_batch_size=4, window_seconds=0), kind="slots"
+    )
+    owner = list(range(10, 50))
+    other = [*owner[:8], 200, 201, 202, 203]
+    try:
+        await scheduler.generate(owner, GREEDY)
+        assert await scheduler.generate(other, GREEDY) == hf_generate(tiny_model, other, GREEDY)
+        assert scheduler.stats.reused_tokens == 8
+        reply = hf_reply_ids(tiny_model, owner, GREEDY.max_new_tokens)
+        follow_up = [*owner, *reply, 60, 61]
+        result = await scheduler.generate(follow_up, GREEDY)
+    finally:
+        await scheduler.aclose()
+    assert result == hf_generate(tiny_model, follow_up, GREEDY)
+    assert scheduler.stats.reused_tokens == 8 + len(owner) + len(reply) - 1
+
+
+async def test_keys_and_values_are_reused_only_under_the_same_adapter(tiny_model: Any) -> None:
+    """A LoRA adapter changes every layer's keys and values: a slot kept under one adapter
+    is no prefix for a prompt under another."""
+    scheduler = tiny_scheduler(
+        tiny_model, BatchingConfig(max_batch_size=2, window_seconds=0), kind="slots"
+    )
+    ids = list(range(10, 30))
+    persona = dataclasses.replace(GREEDY, adapter="adapters/pirate")
+    try:
+        await scheduler.generate(ids, GREEDY)
+        await scheduler.generate([*ids, 31], persona)
+        assert scheduler.stats.reused_tokens == 0
+        await scheduler.generate([*ids, 31], GREEDY)
+    finally:
+        await scheduler.aclose()
+    assert scheduler.stats.reused_tokens == len(ids)
+
+
+def _two_turns(model: Any, batch: SlotBatch) -> list[list[int]]:
+    """Drive the batch as the scheduler does: one conversation, three others beside it,
+    then the first one's next message; every reply's greedy tokens."""
+    replies: list[list[int]] = []
+
+    def run(inputs: list[list[int]], steps: int) -> None:
+        logits = batch.add(model, inputs)
+        out = [[t] for t in logits.argmax(dim=-1).tolist()]
+        for _ in range(steps):
+            batch.note_tokens([row[-1] for row in out])
+            for row, token in zip(out, batch.step(model).argmax(dim=-1).tolist(), strict=True):
+                row.append(token)
+        batch.keep([])
+        replies.extend(out)
+
+    first = list(range(10, 140))
+    with torch.inference_mode():
+        batch.allocate_for(model)
+        batch.prepare(model, None)
+        run([first], 20)
+        run([[7, *p] for p in prompts(3, seed=4)], 30)
+        run([[*first, *replies[0][:-1], 41, 42]], 20)
+    return replies
+
+
+def test_prefix_reuse_gives_the_tokens_of_a_fresh_prompt(tiny_model: Any) -> None:
+    reusing = SlotBatch(4, 256, 300, 0, graphs=False)
+    fresh = SlotBatch(4, 256, 300, 0, graphs=False, reuse_prefixes=False)
+    assert _two_turns(tiny_model, reusing) == _two_turns(tiny_model, fresh)
+    assert reusing.reused_tokens == 130 + 20 and fresh.reused_tokens == 0
+
+
+@cuda
+def test_cuda_prefix_reuse_gives_the_tokens_of_a_fresh_prompt() -> None:
+    """With captured graphs, a kept slot survives other conversations' steps (as a parked
+    padding row) and its reuse decodes what encoding the whole prompt again decodes."""
+    torch.manual_seed(0)
+    dims = {
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 256,
+        "vocab_size": 300,
+        "max_position_embeddings": 512,
+        "sliding_window": None,
+    }
+    model = random_mistral(dims, "cuda", torch.float32).eval()
+    reusing = SlotBatch(4, 256, 300, 0, graphs=True)
+    fresh = SlotBatch(4, 256, 300, 0, graphs=True, reuse_prefixes=False)
+    assert _two_turns(model, reusing) == _two_turns(model, fresh)
+    assert reusing.reused_tokens == 130 + 20 and fresh.reused_tokens == 0

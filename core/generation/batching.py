@@ -77,6 +77,10 @@ class RunningBatch(Protocol):
     @property
     def device(self) -> Any: ...
 
+    @property
+    def reused_tokens(self) -> int:
+        """Prompt tokens so far whose keys and values the cache already held (prefix reuse)."""
+
     def add(self, model: Any, prompts: Sequence[Sequence[int]]) -> Any:
         """Encode ``prompts`` as new rows; their last position's logits [len(prompts), vocab]."""
 
@@ -138,6 +142,10 @@ class BatchStats:
     """Most rows decoded together."""
     tokens: int = 0
     """Tokens generated, every row's (end-of-turn tokens included)."""
+    prompt_tokens: int = 0
+    """Prompt tokens admitted, whether encoded or found in the cache."""
+    reused_tokens: int = 0
+    """Prompt tokens whose keys and values the cache already held, so not encoded again."""
     prefill_s: float = 0.0
     """Seconds in prefill passes (encoding admitted prompts, their first tokens included)."""
     step_s: float = 0.0
@@ -473,6 +481,8 @@ class BatchScheduler:
         for row, token in zip(rows, tokens, strict=True):
             row.accept(token, self._facts.eos_ids)
         self.stats.tokens += len(tokens)
+        self.stats.prompt_tokens += sum(len(r.ids) for r in requests)
+        self.stats.reused_tokens = batch.reused_tokens
         self.stats.prefill_s += time.perf_counter() - started
         return rows
 

@@ -48,6 +48,8 @@ class PaddedBatch:
 
     capacity: int | None = None
     """No limit on a row's length here beyond the model's (the cache grows as needed)."""
+    reused_tokens: int = 0
+    """Always 0: this cache is dropped row by row, so every prompt is encoded in full."""
 
     @classmethod
     def empty(cls, pad_id: int, vocab_size: int) -> PaddedBatch:

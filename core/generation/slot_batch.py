@@ -20,6 +20,15 @@ Here every tensor a decode step touches has a fixed address:
   every running row waits for it. (A burst of many prompts can instead go through one padded
   eager pass, ``padded_prefill_rows``; off by default, see :data:`PADDED_PREFILL_ROWS`.)
 
+- a slot is not cleared when its reply ends: it keeps the conversation's keys and values
+  (the free slots beyond the running rows, least recently used reused first), and a new
+  prompt that starts with tokens a free slot holds encodes only the rest (prefix reuse).
+  Each message of a conversation repeats the previous prompt and reply before the new
+  message, so most of its prompt is already there; without this every message re-encoded
+  the whole history, which was most of the GPU's work under load (docs/benchmarks.md).
+  Reuse matches token ids, so it is exact: the same tokens at the same positions under the
+  same adapter have the same keys and values.
+
 On a CPU, or with ``graphs=False``, the same passes run eagerly, which is how the tests check
 them against unbatched generation.
 
@@ -33,12 +42,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from core.errors import GenerationError
 from core.generation.kv_batch import PaddedBatch, cache_layers
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 MIN_WIDTH_BUCKET = 128
 """Narrowest attention width captured: below it the saving is not worth another graph."""
@@ -53,6 +64,10 @@ pass (one dequantisation of each 4-bit weight for all of them) does less work, b
 activations grow with the burst (3 GB more at the peak for 32 prompts of a Mistral-7B,
 docs/benchmarks.md) while chunks keep the prefill's memory at one 512-token chunk, and
 under load the two measured the same within run-to-run noise."""
+
+COMPARE_RUN = 256
+"""Tokens compared at a time when looking for a free slot's shared prefix (list slices
+compare in C; a Python loop over a 4,096-token history for every free slot would not)."""
 
 DECODE_ATTENTION = "personabot_grouped_decode"
 """Name under which :func:`grouped_decode_attention` is registered with transformers."""
@@ -108,6 +123,25 @@ def buckets(limit: int, smallest: int = 1) -> list[int]:
         size *= 2
     sizes.append(limit)
     return sizes
+
+
+def shared_prefix(held: Sequence[int], prompt: Sequence[int], limit: int) -> int:
+    """How many leading tokens ``held`` and ``prompt`` share, at most ``limit``."""
+    done = 0
+    while done < limit:
+        end = min(done + COMPARE_RUN, limit)
+        if held[done:end] != prompt[done:end]:
+            return next(i for i in range(done, end) if held[i] != prompt[i])
+        done = end
+    return limit
+
+
+def _move(per_slot: list[_T], moves: Sequence[tuple[int, int]]) -> None:
+    """Host bookkeeping follows the slots: ``per_slot[dst] = per_slot[src]`` for each move,
+    all read before any is written (the moves may form cycles)."""
+    moved = [per_slot[src] for _, src in moves]
+    for (dst, _), value in zip(moves, moved, strict=True):
+        per_slot[dst] = value
 
 
 def _bucket(sizes: Sequence[int], need: int) -> int:
@@ -202,9 +236,12 @@ class SlotBatch:
         *,
         graphs: bool,
         padded_prefill_rows: int | None = PADDED_PREFILL_ROWS,
+        reuse_prefixes: bool = True,
     ) -> None:
         """``padded_prefill_rows``: this many prompts or more admitted together are encoded
-        in one padded eager pass instead of chunk by chunk (see :meth:`add`)."""
+        in one padded eager pass instead of chunk by chunk (see :meth:`add`).
+        ``reuse_prefixes``: start a prompt from the keys and values a free slot already
+        holds for its first tokens (benchmarks that time prompt encoding turn it off)."""
         self.slots = slots
         self.capacity = capacity
         """Most tokens (prompt and reply) one conversation's slot holds."""
@@ -223,7 +260,19 @@ class SlotBatch:
         self._positions: Any = None
         self._seen: Any = None
         self._lengths: list[int] = [0] * slots
-        """Host copy of each slot's position, so choosing a bucket needs no device sync."""
+        """Host copy of each slot's position (a running row's), so choosing a bucket needs no
+        device sync; for a free slot, how many columns still hold a conversation's tokens."""
+        self._held: list[list[int]] = [[] for _ in range(slots)]
+        """The tokens in each slot's first ``_lengths`` columns (a running row's pending
+        token follows them)."""
+        self._held_adapter: list[str | None] = [None] * slots
+        self._last_used: list[int] = [-1] * slots
+        """When each slot last held a running row (a counter): free slots are taken least
+        recently used first."""
+        self._clock = 0
+        self._reuse = reuse_prefixes
+        self.reused_tokens = 0
+        """Prompt tokens so far whose keys and values were found in a slot, not encoded."""
         self._graphs: dict[tuple[str, str | None, int, int], tuple[Any, Any]] = {}
         self._pool: Any = None
         self.rows = 0
@@ -279,7 +328,8 @@ class SlotBatch:
             self._keys[index][start : start + count, :, :length] = keys.gather(2, gather)
             self._values[index][start : start + count, :, :length] = values.gather(2, gather)
         self._positions[start : start + count] = lengths
-        self._lengths[start : start + count] = [len(p) for p in prompts]
+        for slot, prompt in enumerate(prompts, start):
+            self._hold(slot, prompt)
         self._seen[start : start + count] = padded.seen
         self.rows += count
         return logits
@@ -293,6 +343,10 @@ class SlotBatch:
         end = start + len(tokens)
         self._tokens[start:end, 0] = ids
         self._seen[torch.arange(start, end, device=device), ids] = True
+        for slot, token in enumerate(tokens, start):
+            held = self._held[slot]
+            del held[self._lengths[slot] :]  # the previous pending token, fed since
+            held.append(token)
 
     def step(self, model: Any) -> Any:
         """Feed every row's pending token; the next logits [rows, vocab]."""
@@ -312,23 +366,20 @@ class SlotBatch:
         return logits[:rows]
 
     def keep(self, rows: Sequence[int]) -> None:
-        """Keep only ``rows`` (indices, in order), moved down into slots ``0 .. len-1``."""
-        import torch
+        """Keep only ``rows`` (indices, in order), moved down into slots ``0 .. len-1``.
 
-        moves = [(dst, src) for dst, src in enumerate(rows) if dst != src]
-        if moves:
-            device = self._positions.device
-            dst = torch.tensor([d for d, _ in moves], dtype=torch.long, device=device)
-            src = torch.tensor([s for _, s in moves], dtype=torch.long, device=device)
-            for buffer in (*self._keys, *self._values, self._tokens, self._positions, self._seen):
-                buffer.index_copy_(0, dst, buffer.index_select(0, src))
-        kept = len(rows)
-        self._lengths = [self._lengths[i] for i in rows] + [0] * (self.slots - kept)
-        if self._positions is not None:
-            # Free slots may still run as padding of a bucket: keep their writes in column 0.
-            self._positions[kept:] = 0
-            self._seen[kept:] = False
-        self.rows = kept
+        The rows that leave move to the slots just after them, their keys and values kept
+        for the conversation's next message (prefix reuse).
+        """
+        kept = list(rows)
+        leaving = sorted(set(range(self.rows)) - set(kept))
+        self._permute(kept + leaving)
+        self._clock += 1
+        for slot in range(len(kept), self.rows):
+            self._last_used[slot] = self._clock
+            del self._held[slot][self._lengths[slot] :]  # its last token was never fed
+        self.rows = len(kept)
+        self._park_free_slots()
 
     def prepare(self, model: Any, adapter: str | None) -> None:
         """Capture every bucket's graph for ``adapter`` now rather than at first use.
@@ -348,6 +399,8 @@ class SlotBatch:
             for width in self._widths:
                 if width >= chunk or width == self.capacity:
                     self._graph("prefill", model, chunk, width)
+        for slot in range(self.rows, self.slots):  # the warm-ups wrote into free slots
+            self._hold(slot, [])
         log.info(
             "Captured %d decode and prompt graphs in %.1f s.",
             self.captures - before,
@@ -376,8 +429,8 @@ class SlotBatch:
         last_logits = []
         for prompt in prompts:
             slot = self.rows
+            start = self._claim_slot(prompt)
             self._prefill_slot.fill_(slot)
-            start = 0
             while start < len(prompt):
                 piece = list(prompt[start : start + chunk_max])
                 chunk = _bucket(self._chunks, len(piece))
@@ -397,9 +450,81 @@ class SlotBatch:
             self._seen[slot] = False
             self._seen[slot, ids_seen] = True
             self._positions[slot] = len(prompt)
-            self._lengths[slot] = len(prompt)
+            self._hold(slot, prompt)
             self.rows += 1
         return torch.stack(last_logits)
+
+    def _claim_slot(self, prompt: Sequence[int]) -> int:
+        """Put the best free slot for ``prompt`` at slot ``rows``; how many of its first
+        tokens that slot already holds.
+
+        The free slot holding the longest shared prefix is taken when that is most of what
+        it holds (the same conversation, one message on); when only a shorter start is
+        shared (the persona's instructions, which every conversation starts with), that
+        start is copied into the least recently used free slot instead, so the other
+        conversation keeps its slot for its own next message.
+        """
+        free = range(self.rows, self.slots)
+        target = min(free, key=lambda slot: self._last_used[slot])
+        best, shared = target, 0
+        if self._reuse:
+            for slot in free:
+                length = self._lengths[slot]
+                if length and self._held_adapter[slot] == self.adapter:
+                    limit = min(length, len(prompt) - 1)  # the last token must be run
+                    found = shared_prefix(self._held[slot], prompt, limit)
+                    if found > shared:
+                        best, shared = slot, found
+        if shared and (shared * 2 >= self._lengths[best] or best == target):
+            target = best
+        elif shared:
+            self._copy_prefix(best, target, shared)
+        if target != self.rows:
+            order = list(range(self.slots))
+            order[target], order[self.rows] = self.rows, target
+            self._permute(order)
+        self._hold(self.rows, prompt[:shared])
+        self.reused_tokens += shared
+        return shared
+
+    def _copy_prefix(self, source: int, target: int, columns: int) -> None:
+        for buffer in (*self._keys, *self._values):
+            buffer[target, :, :columns] = buffer[source, :, :columns]
+
+    def _permute(self, order: Sequence[int]) -> None:
+        """Slot ``i`` takes what slot ``order[i]`` held (``order`` may cover only the first
+        slots); only the columns in use are copied."""
+        import torch
+
+        moves = [(dst, src) for dst, src in enumerate(order) if dst != src]
+        if not moves:
+            return
+        if self._positions is not None:
+            device = self._positions.device
+            dst = torch.tensor([d for d, _ in moves], dtype=torch.long, device=device)
+            src = torch.tensor([s for _, s in moves], dtype=torch.long, device=device)
+            columns = max(self._lengths[s] for _, s in moves)
+            for buffer in (*self._keys, *self._values):
+                buffer[dst, :, :columns] = buffer[src, :, :columns]
+            for buffer in (self._tokens, self._positions, self._seen):
+                buffer.index_copy_(0, dst, buffer.index_select(0, src))
+        _move(self._lengths, moves)
+        _move(self._held, moves)
+        _move(self._held_adapter, moves)
+        _move(self._last_used, moves)
+
+    def _hold(self, slot: int, tokens: Sequence[int]) -> None:
+        """Record that ``slot`` holds ``tokens`` in its first columns, under this adapter."""
+        self._held[slot] = list(tokens)
+        self._lengths[slot] = len(tokens)
+        self._held_adapter[slot] = self.adapter
+
+    def _park_free_slots(self) -> None:
+        """Free slots may still run as padding rows of a bucket; their writes go to the
+        last column, which no conversation's tokens reach (a reply stops one short of it)."""
+        if self._positions is not None:
+            self._positions[self.rows :] = self.capacity - 1
+            self._seen[self.rows :] = False
 
     def _use_graphs(self) -> bool:
         return bool(self._graphs_wanted and self._positions.is_cuda)
@@ -449,7 +574,9 @@ class SlotBatch:
         self._keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self._values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self._tokens = torch.zeros((self.slots, 1), dtype=torch.long, device=device)
-        self._positions = torch.zeros(self.slots, dtype=torch.long, device=device)
+        self._positions = torch.full(
+            (self.slots,), self.capacity - 1, dtype=torch.long, device=device
+        )
         self._seen = torch.zeros((self.slots, self._vocab), dtype=torch.bool, device=device)
         self._columns = torch.arange(max(self.capacity, self._chunks[-1]), device=device)
         self._prefill_ids = torch.full(
