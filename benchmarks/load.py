@@ -4,8 +4,10 @@ Each of ``--conversations`` conversations sends ``--messages`` messages one afte
 (the next once the previous reply is stored), all conversations at the same time, through
 ``Engine.reply`` with streaming (``on_partial``), as the Discord and Telegram frontends do.
 Reports, as JSON: p50/p95 time to the full reply and to the first streamed text (both from
-the message being handed to the engine), aggregate completion tokens per second, how the
-scheduler batched (mean and peak batch size), and peak GPU memory on CUDA.
+the message being handed to the engine), the part of each reply's time spent outside the
+generator (storage, mood, prompt building), aggregate completion tokens per second, how the
+scheduler batched (mean and peak batch size), how many prompt tokens the KV cache already
+held (prefix reuse), and peak GPU memory on CUDA.
 
     # the offline model on this CPU
     .venv/bin/python -m benchmarks.load --conversations 8 --messages 3 --max-new-tokens 32
@@ -168,6 +170,8 @@ class Timings:
 
     replies: list[float] = field(default_factory=list)
     first_text: list[float] = field(default_factory=list)
+    outside_generation: list[float] = field(default_factory=list)
+    """Per reply, seconds the engine spent outside the generator (storage, mood, prompt)."""
     busy: int = 0
     words: int = 0
 
@@ -189,7 +193,11 @@ async def converse(engine: Engine, index: int, messages: int, timings: Timings) 
         except GeneratorBusyError:
             timings.busy += 1
             continue
-        timings.replies.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        timings.replies.append(elapsed)
+        generating = reply.extra.get("generation_seconds")
+        if isinstance(generating, float):
+            timings.outside_generation.append(elapsed - generating)
         timings.first_text.extend(first)
         timings.words += len(reply.text.split())
 
@@ -276,6 +284,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             await engine.aclose()
     replies = [t for timing in timings for t in timing.replies]
     first = [t for timing in timings for t in timing.first_text]
+    outside = [t for timing in timings for t in timing.outside_generation]
     result: dict[str, Any] = {
         "benchmark": "load",
         "generator": name,
@@ -291,6 +300,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "reply_p95_s": _round(percentile(replies, 95)) if replies else None,
         "first_text_p50_s": _round(statistics.median(first)) if first else None,
         "first_text_p95_s": _round(percentile(first, 95)) if first else None,
+        "outside_generation_p50_s": _round(statistics.median(outside)) if outside else None,
+        "outside_generation_p95_s": _round(percentile(outside, 95)) if outside else None,
         "mean_reply_words": round(sum(t.words for t in timings) / max(1, len(replies)), 1),
         "load_s": round(load_s, 1),
         "cpu": platform.processor() or platform.machine(),
