@@ -143,7 +143,8 @@ def test_cuda_prepare_captures_every_bucket_once() -> None:
         batch.allocate_for(model)
         batch.prepare(model, None)
     decode_graphs = len(buckets(4)) * len(buckets(300, 128))
-    prompt_graphs = 3 + 3 + 3 + 2  # chunks 32, 64, 128, 256 at widths 128, 256, 300 >= chunk
+    # Chunks 32, 64, 128, 256 at widths 128, 256, 300 >= chunk, for 1, 2 and 4 prompts.
+    prompt_graphs = (3 + 3 + 3 + 2) * 3
     assert batch.captures == decode_graphs + prompt_graphs
     assert batch.rows == 0
 

@@ -14,11 +14,14 @@ Here every tensor a decode step touches has a fixed address:
   ``b`` and reads only the first ``w`` columns for a width bucket ``w``;
 - one decode step per (adapter, ``b``, ``w``) is captured once into a CUDA graph and replayed;
   only sampling runs outside it;
-- a new prompt is written straight into its slot in chunks of up to 512 tokens, padded to a
-  chunk bucket (32, 64, ... 512), each chunk a replay of its own captured graph: an eager
+- new prompts are written straight into their slots, several prompts per pass, in chunks
+  of up to 512 tokens each, padded to a (rows, chunk) bucket of at most
+  :data:`PREFILL_TOKENS` tokens, each pass a replay of its own captured graph: an eager
   pass costs about 0.1 s of kernel launches from Python whatever the prompt's length, and
-  every running row waits for it. (A burst of many prompts can instead go through one padded
-  eager pass, ``padded_prefill_rows``; off by default, see :data:`PADDED_PREFILL_ROWS`.)
+  every running row waits for it; and one pass for several prompts reads (and, in 4-bit,
+  dequantises) the weights once for all of them. (A burst of many prompts can instead go
+  through one padded eager pass, ``padded_prefill_rows``; off by default, see
+  :data:`PADDED_PREFILL_ROWS`.)
 
 - a slot is not cleared when its reply ends: it keeps the conversation's keys and values
   (the free slots beyond the running rows, least recently used reused first), and a new
@@ -55,7 +58,12 @@ MIN_WIDTH_BUCKET = 128
 """Narrowest attention width captured: below it the saving is not worth another graph."""
 
 PREFILL_CHUNKS = (32, 64, 128, 256, 512)
-"""Token counts of the captured prompt-chunk graphs; longer prompts take several chunks."""
+"""Tokens per prompt in the captured prompt-pass graphs; longer prompts take several passes."""
+
+PREFILL_TOKENS = 2048
+"""Most tokens (prompts times chunk) one captured prompt pass holds: enough to encode a
+burst of prompts in few passes, small enough that a pass's activations stay near 200 MB
+for a Mistral-7B and every running row waits at most a few tens of milliseconds."""
 
 PADDED_PREFILL_ROWS: int | None = None
 """From this many prompts admitted at once, one padded eager pass encodes them all instead
@@ -156,15 +164,15 @@ class _View:
 
     def __init__(self) -> None:
         self.prefill = False
-        """A prompt chunk of one row (else a decode step of every row)."""
+        """A pass of prompt chunks (else a decode step of every row)."""
         self.rows = 0
         self.width = 0
         self.slot_index: Any = None
         self.positions: Any = None
-        self.prefill_slot: Any = None
-        """[1]: the slot a prompt chunk is written into."""
+        self.prefill_slots: Any = None
+        """[rows]: the slot each prompt chunk is written into."""
         self.prefill_columns: Any = None
-        """[chunk]: the columns its tokens go to."""
+        """[rows, chunk]: the columns their tokens go to."""
 
 
 def _slot_cache(keys: list[Any], values: list[Any], view: _View) -> Any:
@@ -194,12 +202,12 @@ def _slot_cache(keys: list[Any], values: list[Any], view: _View) -> Any:
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
             width = view.width
             if view.prefill:
-                slot, columns = view.prefill_slot[:, None], view.prefill_columns[None, :]
-                self.keys[slot, :, columns] = key_states.transpose(1, 2)
-                self.values[slot, :, columns] = value_states.transpose(1, 2)
+                slots, columns = view.prefill_slots, view.prefill_columns
+                self.keys[slots[:, None], :, columns] = key_states.transpose(1, 2)
+                self.values[slots[:, None], :, columns] = value_states.transpose(1, 2)
                 return (
-                    self.keys[:, :, :width].index_select(0, view.prefill_slot),
-                    self.values[:, :, :width].index_select(0, view.prefill_slot),
+                    self.keys[:, :, :width].index_select(0, slots),
+                    self.values[:, :, :width].index_select(0, slots),
                 )
             b = view.rows
             rows, columns = view.slot_index[:b], view.positions[:b]
@@ -251,6 +259,7 @@ class SlotBatch:
         self._batch_sizes = buckets(slots)
         self._widths = buckets(capacity, min(MIN_WIDTH_BUCKET, capacity))
         self._chunks = [c for c in PREFILL_CHUNKS if c < capacity] or [capacity]
+        self._pass_tokens = max(PREFILL_TOKENS, self._chunks[-1])
         self._padded_prefill_rows = padded_prefill_rows
         self._keys: list[Any] = []
         self._values: list[Any] = []
@@ -273,7 +282,7 @@ class SlotBatch:
         self._reuse = reuse_prefixes
         self.reused_tokens = 0
         """Prompt tokens so far whose keys and values were found in a slot, not encoded."""
-        self._graphs: dict[tuple[str, str | None, int, int], tuple[Any, Any]] = {}
+        self._graphs: dict[tuple[str, str | None, int, int, int], tuple[Any, Any]] = {}
         self._pool: Any = None
         self.rows = 0
         self.adapter: str | None = None
@@ -356,7 +365,7 @@ class SlotBatch:
         # The widest row writes at column positions[i]; it must be inside the window.
         width = _bucket(self._widths, max(self._lengths[:rows]) + 1)
         if self._use_graphs():
-            graph, logits = self._graph("decode", model, size, width)
+            graph, logits = self._graph(model, "decode", size, 1, width)
             graph.replay()
         else:
             logits = self._forward(model, size, width)
@@ -393,12 +402,16 @@ class SlotBatch:
         self.adapter = adapter
         for size in self._batch_sizes:
             for width in self._widths:
-                self._graph("decode", model, size, width)
-        self._prefill_slot.fill_(self.rows)  # a free slot: the warm-up passes write into it
-        for chunk in self._chunks:
+                self._graph(model, "decode", size, 1, width)
+        # The warm-up passes write into a free slot's first columns.
+        self._prefill_slots.fill_(self.rows)
+        self._prefill_columns.copy_(
+            self._columns[: self._chunks[-1]].expand_as(self._prefill_columns)
+        )
+        for rows, chunk in self._pass_shapes():
             for width in self._widths:
                 if width >= chunk or width == self.capacity:
-                    self._graph("prefill", model, chunk, width)
+                    self._graph(model, "prefill", rows, chunk, width)
         for slot in range(self.rows, self.slots):  # the warm-ups wrote into free slots
             self._hold(slot, [])
         log.info(
@@ -416,47 +429,94 @@ class SlotBatch:
     # -- internals ------------------------------------------------------------------------------
 
     def _add_by_chunks(self, model: Any, prompts: Sequence[Sequence[int]]) -> Any:
-        """Each prompt written straight into its slot, a chunk per (captured) pass.
+        """The prompts written straight into their slots, several per (captured) pass.
 
-        Why: an eager pass launches a few hundred kernels from Python for any prompt, about
-        0.1 s for a 7B on the GPU host measured, against milliseconds for a short prompt's
-        actual work; every running row waits for it.
+        Each prompt first gets a slot (and, from it, the prefix it already holds); then
+        passes of up to :data:`PREFILL_TOKENS` tokens take the next chunk of as many
+        prompts as fit. Why passes over several prompts: each pass reads every weight once
+        (in 4-bit: dequantises it), which for a short prompt costs more than its tokens do.
         """
         import torch
 
-        device = self._positions.device
-        chunk_max = self._chunks[-1]
-        last_logits = []
-        for prompt in prompts:
-            slot = self.rows
-            start = self._claim_slot(prompt)
-            self._prefill_slot.fill_(slot)
-            while start < len(prompt):
-                piece = list(prompt[start : start + chunk_max])
-                chunk = _bucket(self._chunks, len(piece))
-                width = _bucket(self._widths, min(start + chunk, self.capacity))
-                ids = piece + [self._pad_id] * (chunk - len(piece))
-                self._prefill_ids[0, :chunk] = torch.tensor(ids, dtype=torch.long)
-                self._prefill_start.fill_(start)
-                self._prefill_last.fill_(len(piece) - 1)
-                if self._use_graphs():
-                    graph, logits = self._graph("prefill", model, chunk, width)
-                    graph.replay()
+        first = self.rows
+        starts = [self._claim_slot(prompt, first + i) for i, prompt in enumerate(prompts)]
+        todo = list(range(len(prompts)))
+        last_logits: list[Any] = [None] * len(prompts)
+        while todo:
+            longest = max(len(prompts[i]) - starts[i] for i in todo)
+            chunk = _bucket(self._chunks, min(longest, self._chunks[-1]))
+            room = max(size for size in self._batch_sizes if size * chunk <= self._pass_tokens)
+            group, todo = todo[:room], todo[room:]
+            pieces = [list(prompts[i][starts[i] : starts[i] + chunk]) for i in group]
+            logits = self._prefill_pass(
+                model, [first + i for i in group], [starts[i] for i in group], pieces
+            )
+            for row, (i, piece) in enumerate(zip(group, pieces, strict=True)):
+                starts[i] += len(piece)
+                if starts[i] == len(prompts[i]):
+                    last_logits[i] = logits[row, -1].clone()
                 else:
-                    logits = self._prefill_forward(model, chunk, width)
-                start += len(piece)
-            last_logits.append(logits[0, -1].clone())
-            ids_seen = torch.tensor(list(prompt), dtype=torch.long, device=device)
+                    todo.append(i)
+        device = self._positions.device
+        for i, prompt in enumerate(prompts):
+            slot = first + i
             self._seen[slot] = False
-            self._seen[slot, ids_seen] = True
+            self._seen[slot, torch.tensor(list(prompt), dtype=torch.long, device=device)] = True
             self._positions[slot] = len(prompt)
             self._hold(slot, prompt)
-            self.rows += 1
+        self.rows += len(prompts)
         return torch.stack(last_logits)
 
-    def _claim_slot(self, prompt: Sequence[int]) -> int:
-        """Put the best free slot for ``prompt`` at slot ``rows``; how many of its first
-        tokens that slot already holds.
+    def _prefill_pass(
+        self,
+        model: Any,
+        slots: Sequence[int],
+        starts: Sequence[int],
+        pieces: Sequence[Sequence[int]],
+    ) -> Any:
+        """Write ``pieces[r]`` into slot ``slots[r]`` from column ``starts[r]``, in one pass;
+        the logits after each piece's last token [rows bucket, 1, vocab].
+
+        Pieces are left-padded to the chunk bucket, so every row's last real token is the
+        pass's last position. Padding tokens (and the rows that only fill the rows bucket)
+        write to the slot's last column, which no conversation's tokens reach, and no real
+        token attends to it.
+        """
+        import torch
+
+        chunk = _bucket(self._chunks, max(len(p) for p in pieces))
+        rows = _bucket(self._batch_sizes, len(pieces))
+        width = _bucket(self._widths, min(max(s + chunk for s in starts), self.capacity))
+        scratch = self.capacity - 1
+        ids = [[self._pad_id] * chunk for _ in range(rows)]
+        columns = [[scratch] * chunk for _ in range(rows)]
+        for row, (start, piece) in enumerate(zip(starts, pieces, strict=True)):
+            pad = chunk - len(piece)
+            ids[row][pad:] = piece
+            columns[row][pad:] = range(start, start + len(piece))
+        slot_ids = list(slots) + [slots[0]] * (rows - len(slots))
+        self._prefill_ids[:rows, :chunk] = torch.tensor(ids, dtype=torch.long)
+        self._prefill_columns[:rows, :chunk] = torch.tensor(columns, dtype=torch.long)
+        self._prefill_slots[:rows] = torch.tensor(slot_ids, dtype=torch.long)
+        if self._use_graphs():
+            graph, logits = self._graph(model, "prefill", rows, chunk, width)
+            graph.replay()
+            return logits
+        return self._prefill_forward(model, rows, chunk, width)
+
+    def _pass_shapes(self) -> list[tuple[int, int]]:
+        """The (prompts, chunk) shapes of prompt passes: every rows bucket times every
+        chunk that fits :data:`PREFILL_TOKENS` together."""
+        return [
+            (rows, chunk)
+            for rows in self._batch_sizes
+            for chunk in self._chunks
+            if rows * chunk <= self._pass_tokens
+        ]
+
+    def _claim_slot(self, prompt: Sequence[int], slot: int) -> int:
+        """Put the best free slot for ``prompt`` at ``slot`` (the first free one); how many
+        of its first tokens it already holds.
 
         The free slot holding the longest shared prefix is taken when that is most of what
         it holds (the same conversation, one message on); when only a shorter start is
@@ -464,26 +524,26 @@ class SlotBatch:
         start is copied into the least recently used free slot instead, so the other
         conversation keeps its slot for its own next message.
         """
-        free = range(self.rows, self.slots)
-        target = min(free, key=lambda slot: self._last_used[slot])
+        free = range(slot, self.slots)
+        target = min(free, key=lambda free_slot: self._last_used[free_slot])
         best, shared = target, 0
         if self._reuse:
-            for slot in free:
-                length = self._lengths[slot]
-                if length and self._held_adapter[slot] == self.adapter:
+            for candidate in free:
+                length = self._lengths[candidate]
+                if length and self._held_adapter[candidate] == self.adapter:
                     limit = min(length, len(prompt) - 1)  # the last token must be run
-                    found = shared_prefix(self._held[slot], prompt, limit)
+                    found = shared_prefix(self._held[candidate], prompt, limit)
                     if found > shared:
-                        best, shared = slot, found
+                        best, shared = candidate, found
         if shared and (shared * 2 >= self._lengths[best] or best == target):
             target = best
         elif shared:
             self._copy_prefix(best, target, shared)
-        if target != self.rows:
+        if target != slot:
             order = list(range(self.slots))
-            order[target], order[self.rows] = self.rows, target
+            order[target], order[slot] = slot, target
             self._permute(order)
-        self._hold(self.rows, prompt[:shared])
+        self._hold(slot, prompt[:shared])
         self.reused_tokens += shared
         return shared
 
@@ -529,26 +589,26 @@ class SlotBatch:
     def _use_graphs(self) -> bool:
         return bool(self._graphs_wanted and self._positions.is_cuda)
 
-    def _prefill_forward(self, model: Any, chunk: int, width: int) -> Any:
-        """One prompt chunk of ``chunk`` tokens into slot ``_prefill_slot`` from column
-        ``_prefill_start``; the logits of its last real token [1, 1, vocab]."""
+    def _prefill_forward(self, model: Any, rows: int, chunk: int, width: int) -> Any:
+        """A prompt pass of ``rows`` chunks of ``chunk`` tokens (see :meth:`_prefill_pass`),
+        attending to columns ``0 .. width-1`` of their slots; logits [rows, 1, vocab]."""
         import torch
 
-        positions = self._prefill_start + self._columns[:chunk]
-        # Padding past the slot's end writes to its last column, which no real token of
-        # the prompt holds (prompts are shorter than the slot) and the decode overwrites.
-        self._view.prefill_columns = positions.clamp(max=self.capacity - 1)
-        allowed = self._columns[:width].unsqueeze(0) <= positions.unsqueeze(1)
-        mask = torch.zeros((1, 1, chunk, width), dtype=self._dtype, device=positions.device)
-        mask = mask.masked_fill(~allowed[None, None], self._mask_min)
+        columns = self._prefill_columns[:rows, :chunk]
+        self._view.prefill_slots = self._prefill_slots[:rows]
+        self._view.prefill_columns = columns
+        # A token sees its slot up to its own column; padding (in the last column) sees all.
+        allowed = self._columns[:width].view(1, 1, width) <= columns.unsqueeze(2)
+        mask = torch.zeros((rows, 1, chunk, width), dtype=self._dtype, device=columns.device)
+        mask = mask.masked_fill(~allowed[:, None], self._mask_min)
         self._view.prefill, self._view.width = True, width
         try:
             return self._run(
                 model,
-                input_ids=self._prefill_ids[:, :chunk],
+                input_ids=self._prefill_ids[:rows, :chunk],
                 attention_mask=mask,
-                position_ids=positions.unsqueeze(0),
-                logits_to_keep=self._prefill_last,
+                position_ids=columns,
+                logits_to_keep=1,
             )
         finally:
             self._view.prefill = False
@@ -579,13 +639,10 @@ class SlotBatch:
         )
         self._seen = torch.zeros((self.slots, self._vocab), dtype=torch.bool, device=device)
         self._columns = torch.arange(max(self.capacity, self._chunks[-1]), device=device)
-        self._prefill_ids = torch.full(
-            (1, self._chunks[-1]), self._pad_id, dtype=torch.long, device=device
-        )
-        self._prefill_start = torch.zeros(1, dtype=torch.long, device=device)
-        self._prefill_last = torch.zeros(1, dtype=torch.long, device=device)
-        self._prefill_slot = torch.zeros(1, dtype=torch.long, device=device)
-        self._view.prefill_slot = self._prefill_slot
+        passes = (self.slots, self._chunks[-1])
+        self._prefill_ids = torch.full(passes, self._pad_id, dtype=torch.long, device=device)
+        self._prefill_columns = torch.zeros(passes, dtype=torch.long, device=device)
+        self._prefill_slots = torch.zeros(self.slots, dtype=torch.long, device=device)
         self._view.slot_index = torch.arange(self.slots, device=device)
         self._view.positions = self._positions
         self._mask_min = torch.finfo(dtype).min
@@ -610,31 +667,36 @@ class SlotBatch:
         )
         return logits[:, -1, :]
 
-    def _graph(self, kind: str, model: Any, size: int, width: int) -> tuple[Any, Any]:
+    def _graph(self, model: Any, kind: str, rows: int, chunk: int, width: int) -> tuple[Any, Any]:
         """The captured pass for this adapter and bucket, captured on first use.
 
-        ``kind`` "decode": a step of ``size`` rows; "prefill": a prompt chunk of ``size``
-        tokens.
+        ``kind`` "decode": a step of ``rows`` rows (``chunk`` 1); "prefill": a prompt pass of
+        ``rows`` chunks of ``chunk`` tokens.
         """
         import torch
 
-        key = (kind, self.adapter, size, width)
+        key = (kind, self.adapter, rows, chunk, width)
         found = self._graphs.get(key)
         if found is not None:
             return found
-        run = self._forward if kind == "decode" else self._prefill_forward
+
+        def run() -> Any:
+            if kind == "decode":
+                return self._forward(model, rows, width)
+            return self._prefill_forward(model, rows, chunk, width)
+
         # Warm-up passes on a side stream, as torch.cuda.graphs requires; they write what
         # the replay will write again (each row's pending token at its position, or the
-        # chunk into its slot).
+        # chunks into their slots).
         stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                run(model, size, width)
+                run()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            logits = run(model, size, width)
+            logits = run()
         if self._pool is None:
             self._pool = graph.pool()
         self._graphs[key] = (graph, logits)
