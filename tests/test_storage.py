@@ -62,6 +62,35 @@ async def test_file_databases_are_tuned_for_concurrent_use(sqlite_database: Data
     assert await pragma(database, "synchronous") == 1  # NORMAL
 
 
+async def test_sqlite_writers_take_turns_instead_of_sleeping_on_the_lock(
+    sqlite_database: Database,
+) -> None:
+    """Write transactions on a SQLite file run one at a time in this process, so a burst of
+    writes (32 conversations storing messages at once) never meets SQLite's busy handler,
+    which sleeps up to 100 ms between retries; and every write of the burst lands."""
+    inside: list[int] = []
+    overlaps = 0
+
+    async def write(i: int) -> None:
+        nonlocal overlaps
+        async with sqlite_database.transaction() as session:
+            overlaps += bool(inside)
+            inside.append(i)
+            await session.execute(text("SELECT 1"))
+            await asyncio.sleep(0.001)  # another writer would get in here
+            inside.remove(i)
+
+    await asyncio.gather(*(write(i) for i in range(16)))
+    assert overlaps == 0
+    store = ConversationStore(sqlite_database)
+    state = await store.get_or_create(REF, default_persona="friend")
+    await asyncio.gather(
+        *(store.add_message(state.id, role="user", author=ALICE, text=f"m{i}") for i in range(32))
+    )
+    stored = await store.history(state.id, limit=100)
+    assert sorted(m.text for m in stored) == sorted(f"m{i}" for i in range(32))
+
+
 async def test_in_memory_database_works_without_wal() -> None:
     database = await Database.open("sqlite+aiosqlite://")
     try:

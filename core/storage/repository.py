@@ -74,7 +74,7 @@ class ConversationStore:
                 length_preset=LengthPreset.MEDIUM.value,
             )
             try:
-                async with self._db.session() as session, session.begin():
+                async with self._db.transaction() as session:
                     session.add(row)
             except IntegrityError:
                 found = await self._find(ref)
@@ -135,7 +135,7 @@ class ConversationStore:
     ) -> None:
 
         async def attempt() -> None:
-            async with self._db.session() as session, session.begin():
+            async with self._db.transaction() as session:
                 await session.execute(
                     update(Conversation)
                     .where(Conversation.id == conversation_id)
@@ -182,7 +182,7 @@ class ConversationStore:
                 persona=persona,
                 reply_to_id=reply_to_id,
             )
-            async with self._db.session() as session, session.begin():
+            async with self._db.transaction() as session:
                 session.add(row)
                 await session.flush()
                 pending.append(row.id)
@@ -233,7 +233,7 @@ class ConversationStore:
         """Delete the conversation's messages (not its settings); returns how many."""
 
         async def attempt() -> int:
-            async with self._db.session() as session, session.begin():
+            async with self._db.transaction() as session:
                 result = await session.execute(
                     delete(Message).where(Message.conversation_id == conversation_id)
                 )
@@ -268,7 +268,7 @@ class ConversationStore:
         )
 
         async def attempt() -> int:
-            async with self._db.session() as session, session.begin():
+            async with self._db.transaction() as session:
                 replies = await session.execute(
                     delete(Message).where(Message.reply_to_id.in_(theirs))
                 )
@@ -285,7 +285,7 @@ class ConversationStore:
         old = select(Message.id).where(Message.created_at < cutoff)
 
         async def attempt() -> int:
-            async with self._db.session() as session, session.begin():
+            async with self._db.transaction() as session:
                 result = await session.execute(
                     delete(Message).where(
                         or_(Message.created_at < cutoff, Message.reply_to_id.in_(old))
@@ -325,7 +325,7 @@ class ConversationStore:
         await self._run(f"save the persona {name!r}", attempt)
 
     async def _upsert_persona(self, name: str, definition: str, created_by: str | None) -> None:
-        async with self._db.session() as session, session.begin():
+        async with self._db.transaction() as session:
             row = await session.scalar(select(StoredPersona).where(StoredPersona.name == name))
             if row is None:
                 session.add(StoredPersona(name=name, definition=definition, created_by=created_by))
@@ -351,7 +351,7 @@ class ConversationStore:
         """Remove a stored persona; ``False`` when there was none by that name."""
 
         async def attempt() -> bool:
-            async with self._db.session() as session, session.begin():
+            async with self._db.transaction() as session:
                 result = await session.execute(
                     delete(StoredPersona).where(StoredPersona.name == name)
                 )
