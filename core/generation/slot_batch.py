@@ -67,11 +67,9 @@ for a Mistral-7B and every running row waits at most a few tens of milliseconds.
 
 PADDED_PREFILL_ROWS: int | None = None
 """From this many prompts admitted at once, one padded eager pass encodes them all instead
-of chunk graphs, one prompt at a time; None: never. For a burst of many prompts one large
-pass (one dequantisation of each 4-bit weight for all of them) does less work, but its
-activations grow with the burst (3 GB more at the peak for 32 prompts of a Mistral-7B,
-docs/benchmarks.md) while chunks keep the prefill's memory at one 512-token chunk, and
-under load the two measured the same within run-to-run noise."""
+of the captured prompt passes; None: never. The padded pass reuses no prefix and its
+activations grow with the burst (3 GB more at the peak for 32 prompts of a Mistral-7B);
+under load it measured clearly slower than the captured passes (docs/benchmarks.md)."""
 
 COMPARE_RUN = 256
 """Tokens compared at a time when looking for a free slot's shared prefix (list slices
