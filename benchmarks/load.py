@@ -379,7 +379,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="random model with --graphs: from this many prompts admitted at once, one "
-        "padded eager pass encodes them instead of captured prompt-chunk graphs (default: never)",
+        "padded eager pass encodes them instead of captured prompt passes (default: never)",
     )
     parser.add_argument("--batch-window-ms", type=float, default=10.0)
     parser.add_argument("--max-queued", type=int, default=64, help="PERSONABOT_MAX_QUEUED_REQUESTS")
