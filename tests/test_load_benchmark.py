@@ -38,6 +38,27 @@ def test_load_benchmark_smoke_run_on_a_tiny_random_model(
     assert 0 < result["first_text_p50_s"] <= result["first_text_p95_s"] <= result["reply_p95_s"]
     # Random weights rarely write the end-of-turn token: replies run to the budget.
     assert result["completion_tokens"] == 6 * 6
+    assert 0 <= result["outside_generation_p50_s"] <= result["reply_p50_s"]
+    # The padded cache (the CPU default) encodes every prompt in full.
+    assert result["prompt_tokens"] > 0 and result["reused_prompt_tokens"] == 0
+
+
+def test_load_benchmark_on_the_slot_cache_reuses_each_conversations_prompt(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--graphs`` (the GPU's decode path, eager on a CPU): each conversation's second
+    message starts from the keys and values its first prompt and reply left."""
+    load.main(
+        [
+            *("--random-model", "tiny", "--device", "cpu", "--graphs"),
+            *("--conversations", "2", "--messages", "2", "--max-new-tokens", "6"),
+            *("--warmup", "0", "--json"),
+        ]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["replies"] == 4
+    assert "static KV cache" in result["generator"]
+    assert 0 < result["reused_prompt_tokens"] < result["prompt_tokens"]
     assert result["tokens_per_s"] > 0
     assert 1 <= result["mean_batch_size"] <= result["peak_batch_size"] <= 3
     assert "peak_gpu_memory_gb" not in result  # CPU run
