@@ -207,8 +207,8 @@ class Engine:
                 state.id, role="user", author=author, text=text, mood=mood, persona=state.persona
             )
             arrival.finish()
-            await turn.wait()
-            state = await self._state(conversation)  # persona/length may have changed meanwhile
+            if await turn.wait():  # the persona or length may have changed meanwhile
+                state = await self._state(conversation)
             persona = self._persona_of(state)
             prompt, history = await self._prompt_for(state, persona, mood, user_message)
             params = self._sampling(persona, state.length, history, user_message)

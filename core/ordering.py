@@ -20,11 +20,14 @@ class Turn:
         self._previous = previous
         self._mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def wait(self) -> None:
-        """Return once every earlier turn of this conversation has finished."""
-        if self._previous is not None:
-            # shield: a caller cancelled while waiting must not cancel the turn ahead of it.
-            await asyncio.shield(self._previous)
+    async def wait(self) -> bool:
+        """Return once every earlier turn of this conversation has finished; whether it
+        had to wait for one (so whatever those turns could change may have changed)."""
+        if self._previous is None or self._previous.done():
+            return False
+        # shield: a caller cancelled while waiting must not cancel the turn ahead of it.
+        await asyncio.shield(self._previous)
+        return True
 
     def finish(self) -> None:
         """Release the next turn, but never before the turns ahead of this one finished."""

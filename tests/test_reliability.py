@@ -189,7 +189,11 @@ async def test_replies_ride_out_a_database_restart_and_nothing_is_lost(
 
         await until(two_replies_stored, within=300)
         await asyncio.to_thread(outage_server.stop)  # fast shutdown: sessions are killed
-        await asyncio.sleep(2)  # the outage; requests keep arriving at the closed port
+        # The outage lasts until requests have met the closed port (the next replies need
+        # the database once generated; with a fast store none may come in a fixed 2 s),
+        # then two seconds more.
+        await storage_warnings.until("is unreachable", within=100)
+        await asyncio.sleep(2)
         await asyncio.to_thread(outage_server.start)
         replies = await asyncio.gather(*tasks)
 

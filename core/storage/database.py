@@ -22,6 +22,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import URL, event, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -202,6 +203,19 @@ class Database:
 
     def session(self) -> AsyncSession:
         return self._sessions()
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a write transaction, committed on leaving (rolled back on error).
+
+        For single Core statements on the hot path (storing each message): a session's unit
+        of work costs several times the statement itself. Writers take turns on SQLite, as
+        in :meth:`transaction`.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            if self._sqlite_writer is not None:
+                await stack.enter_async_context(self._sqlite_writer)
+            yield await stack.enter_async_context(self.engine.begin())
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

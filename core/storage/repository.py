@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import CursorResult, delete, func, or_, select, update
+from sqlalchemy import CursorResult, Row, delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -121,13 +121,13 @@ class ConversationStore:
         return await self._run("load the conversation", lambda: self._find(ref))
 
     async def _find(self, ref: ConversationRef) -> ConversationState | None:
-        async with self._db.session() as session:
-            row = await session.scalar(
-                select(Conversation).where(
-                    Conversation.platform == ref.platform,
-                    Conversation.channel_id == ref.channel_id,
-                )
-            )
+        # A Core query, not ORM objects: it runs for every message (see add_message).
+        table = Conversation.__table__
+        query = select(table).where(
+            table.c.platform == ref.platform, table.c.channel_id == ref.channel_id
+        )
+        async with self._db.engine.connect() as connection:
+            row = (await connection.execute(query)).first()
         return None if row is None else _state(row, ref)
 
     async def _update_conversation(
@@ -171,20 +171,27 @@ class ConversationStore:
                 landed = await self._message_if_stored(pending[-1], conversation_id, text)
                 if landed is not None:
                     return landed
-            row = Message(
-                conversation_id=conversation_id,
-                role=role,
-                author_id=author.id,
-                author_name=author.display_name,
-                text=text,
-                mood=None if mood is None else mood.mood.value,
-                mood_confidence=None if mood is None else mood.confidence,
-                persona=persona,
-                reply_to_id=reply_to_id,
+            # A Core insert on a plain connection: every message and every reply is stored
+            # this way, and under load a session's unit of work cost more than the insert
+            # (docs/benchmarks.md, "Storage under concurrency").
+            table = Message.__table__
+            insert_row = (
+                insert(Message)
+                .values(
+                    conversation_id=conversation_id,
+                    role=role,
+                    author_id=author.id,
+                    author_name=author.display_name,
+                    text=text,
+                    mood=None if mood is None else mood.mood.value,
+                    mood_confidence=None if mood is None else mood.confidence,
+                    persona=persona,
+                    reply_to_id=reply_to_id,
+                )
+                .returning(*table.c)
             )
-            async with self._db.transaction() as session:
-                session.add(row)
-                await session.flush()
+            async with self._db.writing() as connection:
+                row = (await connection.execute(insert_row)).one()
                 pending.append(row.id)
             return _stored(row)
 
@@ -216,15 +223,17 @@ class ConversationStore:
         """
         if limit <= 0:
             return []
-        thread = func.coalesce(Message.reply_to_id, Message.id)
-        query = select(Message).where(Message.conversation_id == conversation_id)
+        table = Message.__table__
+        thread = func.coalesce(table.c.reply_to_id, table.c.id)
+        query = select(table).where(table.c.conversation_id == conversation_id)
         if up_to_id is not None:
             query = query.where(thread <= up_to_id)
-        query = query.order_by(thread.desc(), Message.id.desc()).limit(limit)
+        query = query.order_by(thread.desc(), table.c.id.desc()).limit(limit)
 
         async def attempt() -> list[StoredMessage]:
-            async with self._db.session() as session:
-                rows = (await session.scalars(query)).all()
+            # Core rows, not ORM objects: read twice for every message (see add_message).
+            async with self._db.engine.connect() as connection:
+                rows = (await connection.execute(query)).all()
             return [_stored(row) for row in reversed(rows)]
 
         return await self._run("read the conversation history", attempt)
@@ -401,7 +410,7 @@ def _rowcount(result: object) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
-def _state(row: Conversation, ref: ConversationRef) -> ConversationState:
+def _state(row: Conversation | Row[Any], ref: ConversationRef) -> ConversationState:
     try:
         length = LengthPreset(row.length_preset)
     except ValueError:
@@ -418,7 +427,7 @@ def _state(row: Conversation, ref: ConversationRef) -> ConversationState:
     )
 
 
-def _stored(row: Message) -> StoredMessage:
+def _stored(row: Message | Row[Any]) -> StoredMessage:
     mood: Mood | None = None
     if row.mood is not None:
         try:
