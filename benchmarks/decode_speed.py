@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.random_models import MISTRAL_7B_DIMS, random_mistral
+from core.generation.quantization import Quantization
 
 TINY_DIMS: dict[str, Any] = {
     "hidden_size": 128,
@@ -91,7 +92,9 @@ SMOKE_SETUPS = (
     "nf4-eager-lora-unmerged",
     "nf4-eager-lora-merged",
 )
-FORMATS = ("nf4", "int4", "bf16", "fp32")
+FORMATS = ("nf4", "int4", "gemlite", "bf16", "fp32")
+QUANTIZED: dict[str, Quantization] = {"nf4": "nf4", "int4": "int4", "gemlite": "gemlite"}
+"""The formats the loader quantises in memory, by their ``PERSONABOT_QUANTIZATION`` value."""
 MODES = ("eager", "compile", "graph", "slots")
 RESULT_PREFIX = "RESULT "
 
@@ -157,7 +160,7 @@ def prepare(setup: Setup, dims: dict[str, Any], device: str, lora_rank: int) -> 
     from peft import PeftModel
 
     from core.generation.fast_decode import enable_compiled_decoding
-    from core.generation.quantization import merge_adapter, quantize_int4, quantize_nf4
+    from core.generation.quantization import merge_adapter, quantize
 
     dtype = torch.float32 if setup.weights == "fp32" else torch.bfloat16
     model = build_random_model(dims, device, dtype)
@@ -165,10 +168,9 @@ def prepare(setup: Setup, dims: dict[str, Any], device: str, lora_rank: int) -> 
         adapter = save_random_lora(model, Path(folder), lora_rank) if setup.lora else None
         if adapter is not None and setup.lora == "merged":
             model = merge_adapter(model, adapter)
-        if setup.weights == "nf4":
-            quantize_nf4(model, device)
-        elif setup.weights == "int4":
-            quantize_int4(model, device)
+        quantization = QUANTIZED.get(setup.weights)
+        if quantization is not None:
+            quantize(model, quantization, device)
         if adapter is not None and setup.lora == "unmerged":
             model = PeftModel.from_pretrained(model, str(adapter))
     if setup.mode == "compile":

@@ -12,7 +12,7 @@ held (prefix reuse), and peak GPU memory on CUDA.
     # the offline model on this CPU
     .venv/bin/python -m benchmarks.load --conversations 8 --messages 3 --max-new-tokens 32
     # a Mistral-7B-shaped model with random weights on a GPU (no Hub, no downloads):
-    # NF4 by default, --quantization int4 (torchao) or none (bf16)
+    # NF4 by default, --quantization gemlite, int4 (torchao) or none (bf16)
     python -m benchmarks.load --random-model mistral-7b --conversations 32 --messages 4 \\
         --max-new-tokens 64 --quantization int4
     # a toy random model on a CPU (smoke test)
@@ -51,7 +51,7 @@ from core.generation.base import Generator
 from core.generation.batching import BatchingConfig
 from core.generation.factory import create_generator
 from core.generation.profiles import ModelSpec
-from core.generation.quantization import Quantization
+from core.generation.quantization import QUANTIZATIONS, Quantization
 from core.settings import Settings
 from core.types import Author, ConversationRef
 
@@ -125,24 +125,22 @@ def random_generator(
 ) -> Generator:
     """The transformers backend over a random model of ``name``'s shape.
 
-    ``quantization`` is ``nf4`` (bitsandbytes), ``int4`` (torchao tinygemm, CUDA only) or
-    ``none`` (bf16 on CUDA, fp32 on a CPU), quantised in memory as the engine's loader does.
+    ``quantization`` is ``nf4`` (bitsandbytes), ``int4`` (torchao tinygemm, CUDA only),
+    ``gemlite`` (GemLite's Triton kernels, CUDA only) or ``none`` (bf16 on CUDA, fp32 on a
+    CPU), quantised in memory as the engine's loader does.
     ``graphs``: decode on the static slot cache (CUDA graphs on a GPU), as
     ``PERSONABOT_COMPILE`` does.
     """
     import torch
 
-    from core.generation.quantization import compute_dtype, quantize_int4, quantize_nf4
+    from core.generation.quantization import compute_dtype, quantize
     from core.generation.transformers_backend import TransformersGenerator
 
     dims = RANDOM_MODELS[name]
     dtype = compute_dtype(device) if device == "cuda" else torch.float32
     torch.manual_seed(0)
     model = random_mistral(dims, device, dtype, bos_token_id=1, eos_token_id=2)
-    if quantization == "nf4":
-        quantize_nf4(model, device)
-    elif quantization == "int4":
-        quantize_int4(model, device)
+    quantize(model, quantization, device)
     if device == "cuda":
         torch.cuda.empty_cache()
     model.eval()
@@ -359,10 +357,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quantization",
-        choices=("nf4", "int4", "none"),
+        choices=QUANTIZATIONS,
         default=None,
         help="weight format (PERSONABOT_QUANTIZATION); for a random model the default is nf4 "
-        "on CUDA and none on a CPU; int4 needs CUDA and torchao",
+        "on CUDA and none on a CPU; int4 and gemlite need CUDA and the gpu extra",
     )
     parser.add_argument(
         "--max-batch-size", type=int, default=0, help="PERSONABOT_MAX_BATCH_SIZE (0: N)"

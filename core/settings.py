@@ -29,7 +29,7 @@ ModelProfileName = Literal["auto", "mistral-7b", "smollm2-135m"]
 MoodDetectorName = Literal["lexicon", "classifier", "tfidf", "text2emotion"]
 GeneratorBackendName = Literal["transformers", "openai"]
 DeviceName = Literal["auto", "cpu", "cuda"]
-QuantizationName = Literal["auto", "nf4", "int4", "none"]
+QuantizationName = Literal["auto", "nf4", "int4", "gemlite", "none"]
 
 # What Telegram accepts as a webhook's secret_token.
 _WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -134,9 +134,10 @@ class Settings(BaseSettings):
     )
     quantization: QuantizationName = Field(
         default="auto",
-        description="Weight format: 'nf4' (bitsandbytes 4-bit), 'int4' (torchao 4-bit, "
-        "CUDA only, fastest), 'none' (bf16 on a GPU) or 'auto': int4 for mistral-7b where "
-        "CUDA and torchao are available, else nf4; none for smollm2-135m.",
+        description="Weight format: 'nf4' (bitsandbytes 4-bit), 'int4' (torchao 4-bit on "
+        "tinygemm, CUDA only), 'gemlite' (4-bit on GemLite's Triton kernels, CUDA only, one "
+        "merged adapter), 'none' (bf16 on a GPU) or 'auto': nf4 for mistral-7b, none for "
+        "smollm2-135m.",
     )
     compile: bool | None = Field(
         default=None,

@@ -46,6 +46,25 @@ def test_int4_on_a_cpu_fails_with_advice(make_settings: SettingsFactory) -> None
         build_model_spec(make_settings(quantization="int4"))
 
 
+def test_gemlite_on_a_cpu_fails_with_advice(make_settings: SettingsFactory) -> None:
+    settings = make_settings(quantization="gemlite", merge_adapter=True)
+    with pytest.raises(ModelLoadError, match=r"gemlite needs a CUDA GPU.*nf4 or none"):
+        build_model_spec(settings)
+
+
+@needs_shipped_adapter
+@pytest.mark.parametrize("persona_adapters", [False, True])
+def test_gemlite_with_a_separate_adapter_fails_with_advice(
+    make_settings: SettingsFactory, persona_adapters: bool
+) -> None:
+    """peft cannot wrap GemLite's layers, so an adapter that is not merged (the CPU default,
+    personas with adapters of their own) is refused before any weights load."""
+    settings = make_settings(quantization="gemlite")
+    expected = "personas have adapters" if persona_adapters else "kept separate"
+    with pytest.raises(ModelLoadError, match=rf"gemlite serves one LoRA adapter.*{expected}"):
+        build_model_spec(settings, persona_adapters=persona_adapters)
+
+
 def test_compile_on_a_cpu_fails_with_advice(make_settings: SettingsFactory) -> None:
     with pytest.raises(ModelLoadError, match="PERSONABOT_COMPILE=true needs a CUDA GPU"):
         build_model_spec(make_settings(compile=True))
@@ -80,7 +99,7 @@ def test_unknown_quantization_names_the_key_and_choices(tmp_path: Path) -> None:
         load_settings(env=env)
     message = str(caught.value)
     assert "PERSONABOT_QUANTIZATION" in message
-    assert all(name in message for name in ("'nf4'", "'int4'", "'none'"))
+    assert all(name in message for name in ("'nf4'", "'int4'", "'gemlite'", "'none'"))
 
 
 # -- loading the offline model ----------------------------------------------------------------

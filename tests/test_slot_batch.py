@@ -17,6 +17,7 @@ import torch
 from benchmarks.random_models import random_mistral
 from core.errors import GenerationError
 from core.generation.batching import BatchingConfig
+from core.generation.quantization import Quantization
 from core.generation.slot_batch import SlotBatch, buckets
 from core.types import SamplingParams
 from tests.test_batching import EOS, GREEDY, hf_generate, prompts, tiny_model, tiny_scheduler
@@ -109,20 +110,30 @@ def test_prompts_written_chunk_by_chunk_decode_like_one_padded_pass(tiny_model: 
 
 
 @cuda
-@pytest.mark.parametrize("quantization", ["none", "nf4", "int4"])
-def test_cuda_graph_replay_gives_the_eager_tokens(quantization: str) -> None:
+@pytest.mark.parametrize("quantization", ["none", "nf4", "int4", "gemlite"])
+def test_cuda_graph_replay_gives_the_eager_tokens(quantization: Quantization) -> None:
     """The captured step (graphs=True) and the eager one agree token for token, in bf16
-    and in both 4-bit formats (bitsandbytes NF4 and torchao int4 inside a CUDA graph)."""
-    from core.generation.quantization import quantize_int4, quantize_nf4, torchao_available
+    and in every 4-bit format (bitsandbytes NF4, torchao int4 and GemLite's Triton kernels
+    inside a CUDA graph)."""
+    from core.generation.quantization import (
+        gemlite_unavailable_reason,
+        int4_unavailable_reason,
+        quantize,
+    )
 
-    if quantization == "int4" and not torchao_available():
-        pytest.skip("int4 needs torchao")
+    check = {"int4": int4_unavailable_reason, "gemlite": gemlite_unavailable_reason}
+    reason = check[quantization]("cuda") if quantization in check else None
+    if reason is not None:
+        pytest.skip(reason)
+    if quantization == "gemlite":
+        import gemlite
+
+        # GemLite's default kernel settings, not its tuning (tens of seconds for each new row
+        # count, and this test meets a dozen): what is checked is the graph, not the speed.
+        gemlite.set_autotune("default")
     torch.manual_seed(0)
     model = small_mistral(hidden=256, layers=2, intermediate=512, vocab=320)
-    if quantization == "nf4":
-        quantize_nf4(model, "cuda")
-    elif quantization == "int4":
-        quantize_int4(model, "cuda")
+    quantize(model, quantization, "cuda")
     model.to("cuda").eval()
     inputs = prompts(5, seed=10)
     results = []

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelLoadError
-from core.generation.quantization import Quantization, int4_unavailable_reason
+from core.generation.quantization import (
+    Quantization,
+    gemlite_unavailable_reason,
+    int4_unavailable_reason,
+)
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,8 @@ class ModelSpec:
     converted_dir: Path | None
     """Where converted GGUF weights are cached, so the ~20 s conversion runs once."""
     quantization: Quantization
-    """Weight format: 'nf4' (bitsandbytes), 'int4' (torchao, CUDA) or 'none'."""
+    """Weight format: 'nf4' (bitsandbytes), 'int4' (torchao, CUDA), 'gemlite' (CUDA) or
+    'none'."""
     adapter: Path | None
     device: str
     system_role: bool | None
@@ -53,8 +58,8 @@ class ModelSpec:
 
     @property
     def load_in_4bit(self) -> bool:
-        """True for either 4-bit format."""
-        return self.quantization in ("nf4", "int4")
+        """True for any 4-bit format."""
+        return self.quantization in ("nf4", "int4", "gemlite")
 
 
 def cuda_available() -> bool:
@@ -167,7 +172,9 @@ def _resolve_adapter(settings: Settings, profile: str) -> Path | None:
     return default
 
 
-def _resolve_quantization(settings: Settings, profile: str, device: str) -> Quantization:
+def _resolve_quantization(
+    settings: Settings, profile: str, device: str, separate_adapter: str | None
+) -> Quantization:
     """The weight format: explicit setting, else the older load_in_4bit, else the profile's.
 
     ``auto`` is NF4 for the 7B: with the slot batch's CUDA graphs it serves 32 conversations
@@ -180,7 +187,8 @@ def _resolve_quantization(settings: Settings, profile: str, device: str) -> Quan
     if chosen != "auto" and legacy is not None and (chosen != "none") != legacy:
         raise ModelLoadError(
             f"PERSONABOT_QUANTIZATION={chosen} contradicts PERSONABOT_LOAD_IN_4BIT="
-            f"{str(legacy).lower()}; set only PERSONABOT_QUANTIZATION (nf4, int4 or none)."
+            f"{str(legacy).lower()}; set only PERSONABOT_QUANTIZATION (nf4, int4, gemlite or "
+            "none)."
         )
     if chosen == "auto":
         if legacy is not None:
@@ -188,10 +196,17 @@ def _resolve_quantization(settings: Settings, profile: str, device: str) -> Quan
         if profile != MISTRAL_7B:
             return "none"
         return "nf4"
-    if chosen == "int4":
-        reason = int4_unavailable_reason(device)
-        if reason is not None:
-            raise ModelLoadError(reason)
+    if chosen == "gemlite" and separate_adapter is not None:
+        # peft has no LoRA layer for GemLite's modules: an adapter must be folded in first.
+        raise ModelLoadError(
+            "PERSONABOT_QUANTIZATION=gemlite serves one LoRA adapter merged into the weights, "
+            f"but {separate_adapter}. Use PERSONABOT_QUANTIZATION=nf4 (or int4, none) to "
+            "serve separate adapters."
+        )
+    check = {"int4": int4_unavailable_reason, "gemlite": gemlite_unavailable_reason}.get(chosen)
+    reason = None if check is None else check(device)
+    if reason is not None:
+        raise ModelLoadError(reason)
     return chosen
 
 
@@ -242,9 +257,16 @@ def build_model_spec(settings: Settings, *, persona_adapters: bool = False) -> M
     profile = resolve_profile_name(settings)
     device = _resolve_device(settings)
     adapter = _resolve_adapter(settings, profile)
-    quantization = _resolve_quantization(settings, profile, device)
-    compile_ = _resolve_compile(settings, quantization, device)
     merge = _resolve_merge(settings, adapter, device, persona_adapters)
+    separate = None
+    if adapter is not None and not merge:
+        separate = (
+            "some personas have adapters of their own"
+            if persona_adapters
+            else "it is kept separate (PERSONABOT_MERGE_ADAPTER=false, the default on a CPU)"
+        )
+    quantization = _resolve_quantization(settings, profile, device, separate)
+    compile_ = _resolve_compile(settings, quantization, device)
     if profile == MISTRAL_7B:
         if device != "cuda" and settings.device != "cpu":
             raise ModelLoadError(

@@ -1,13 +1,21 @@
-"""Weight formats for serving: NF4 (bitsandbytes), int4 (torchao tinygemm) or none.
+"""Weight formats for serving: NF4 (bitsandbytes), int4 (torchao tinygemm), gemlite or none.
 
-Why two 4-bit formats: both hold a 7B model in about 4 GB, so it fits a 16 GB GPU with room
-for many conversations' KV cache, but they decode at very different speeds. bitsandbytes'
-NF4 layers dequantise in separate kernels and, even compiled, decode a Mistral-7B at about
-25 tokens/s on an H100 (docs/benchmarks.md); torchao's int4 weight-only layout runs
-PyTorch's fused int4 matrix kernel (tinygemm) and compiles with a static KV cache into CUDA
-graphs, several times faster. int4 needs a CUDA GPU of compute capability 8.0 or newer and
-the ``torchao`` package (the ``gpu`` extra); NF4 runs wherever bitsandbytes does, CPUs
-included.
+Why three 4-bit formats: each holds a 7B model in about 4 GB, so it fits a 16 GB GPU with
+room for many conversations' KV cache, but they decode at very different speeds, and which is
+fastest depends on how many rows a step multiplies (docs/benchmarks.md):
+
+- bitsandbytes' NF4 dequantises every weight to bf16 in a kernel of its own and then runs a
+  bf16 matrix product, so each step reads the weights three times over; it runs wherever
+  bitsandbytes does, CPUs included.
+- torchao's int4 weight-only layout runs PyTorch's fused int4 kernel (tinygemm): fast for one
+  row, slow for many rows and for prompts.
+- ``gemlite``: asymmetric 4-bit weights (HQQ-calibrated groups of
+  :data:`GEMLITE_GROUP_SIZE`) multiplied by GemLite's fused Triton kernels, which unpack the
+  weights inside the matrix product and pick a kernel by row count (GEMV, split-K, GEMM), so a
+  step reads 4-bit weights once whether it carries 1 row or 32.
+
+int4 and gemlite need a CUDA GPU of compute capability 8.0 or newer and the ``gpu`` extra
+(``torchao``, ``gemlite``).
 
 Both in-memory quantisers here take a model whose weights are still in bf16 (or fp32), which
 is what makes merging a LoRA adapter into the weights exact: the adapter is folded into the
@@ -28,14 +36,19 @@ from core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-Quantization = Literal["nf4", "int4", "none"]
-QUANTIZATIONS: tuple[Quantization, ...] = ("nf4", "int4", "none")
+Quantization = Literal["nf4", "int4", "gemlite", "none"]
+QUANTIZATIONS: tuple[Quantization, ...] = ("nf4", "int4", "gemlite", "none")
 
 INT4_GROUP_SIZE = 128
 """Weights per int4 scale/zero pair: tinygemm's usual choice (64 and 32 are finer, bigger)."""
 
 INT4_MIN_CAPABILITY = (8, 0)
-"""tinygemm (``torch.ops.aten._weight_int4pack_mm``) needs Ampere or newer."""
+"""tinygemm (``torch.ops.aten._weight_int4pack_mm``) and GemLite's bf16 kernels need Ampere
+or newer."""
+
+GEMLITE_GROUP_SIZE = 64
+"""Weights per scale/zero pair for ``gemlite``: HQQ's usual 4-bit choice (4.5 bits a weight
+with the bf16 scale and zero, against NF4's 4.13)."""
 
 SKIP_MODULES = ("lm_head",)
 """Layers kept in full precision, as transformers' own 4-bit loading does."""
@@ -52,27 +65,39 @@ def int4_unavailable_reason(device: str) -> str | None:
     Checked when the settings are resolved, so an impossible choice stops personabot at
     start-up with advice instead of failing inside torch at the first reply.
     """
+    return _gpu_format_unavailable_reason("int4", "its tinygemm kernel", "torchao", device)
+
+
+def gemlite_unavailable_reason(device: str) -> str | None:
+    """Why GemLite's kernels cannot run here, or None when they can (checked at start-up)."""
+    return _gpu_format_unavailable_reason("gemlite", "its Triton kernels", "gemlite", device)
+
+
+def _gpu_format_unavailable_reason(
+    setting: str, kernel: str, package: str, device: str
+) -> str | None:
     if device != "cuda":
         return (
-            "PERSONABOT_QUANTIZATION=int4 needs a CUDA GPU (its tinygemm kernel has no CPU "
-            "build here); use PERSONABOT_QUANTIZATION=nf4 or none on this machine."
+            f"PERSONABOT_QUANTIZATION={setting} needs a CUDA GPU ({kernel} has no CPU build "
+            "here); use PERSONABOT_QUANTIZATION=nf4 or none on this machine."
         )
     import torch
 
     if not torch.cuda.is_available():
-        return "PERSONABOT_QUANTIZATION=int4 needs a CUDA GPU and torch sees none."
+        return f"PERSONABOT_QUANTIZATION={setting} needs a CUDA GPU and torch sees none."
     capability = torch.cuda.get_device_capability(0)
     if capability < INT4_MIN_CAPABILITY:
         return (
-            f"PERSONABOT_QUANTIZATION=int4 needs a GPU of compute capability 8.0 or newer "
-            f"(Ampere, Ada, Hopper); this one is {capability[0]}.{capability[1]}. Use "
+            f"PERSONABOT_QUANTIZATION={setting} needs a GPU of compute capability 8.0 or "
+            f"newer (Ampere, Ada, Hopper); this one is {capability[0]}.{capability[1]}. Use "
             "PERSONABOT_QUANTIZATION=nf4."
         )
-    if not torchao_available():
+    missing = [name for name in ("torchao", package) if importlib.util.find_spec(name) is None]
+    if missing:
         return (
-            "PERSONABOT_QUANTIZATION=int4 needs the torchao package: "
-            "`.venv/bin/pip install -e '.[gpu]'` (torchao 0.18 needs torch >= 2.11), or use "
-            "PERSONABOT_QUANTIZATION=nf4."
+            f"PERSONABOT_QUANTIZATION={setting} needs the {' and '.join(dict.fromkeys(missing))} "
+            "package: `.venv/bin/pip install -e '.[gpu]'` (torchao 0.18 needs torch >= 2.11), "
+            "or use PERSONABOT_QUANTIZATION=nf4."
         )
     return None
 
@@ -119,7 +144,8 @@ def quantize_nf4(model: Any, device: str, skip: Sequence[str] = SKIP_MODULES) ->
 
     NF4 with double quantisation and compute in :func:`compute_dtype`: the same layers that
     ``from_pretrained`` with a ``BitsAndBytesConfig`` builds. Each layer is quantised as it is
-    moved, and its full-precision weight dropped. Returns how many layers were replaced.
+    moved, and its full-precision weight dropped; the rest of the model follows it to
+    ``device``. Returns how many layers were replaced.
     """
     import torch
     from bitsandbytes.nn.modules import Linear4bit, Params4bit
@@ -149,6 +175,7 @@ def quantize_nf4(model: Any, device: str, skip: Sequence[str] = SKIP_MODULES) ->
         setattr(parent, name, layer)
         replaced += 1
     model.is_loaded_in_4bit = True  # how peft and transformers recognise a 4-bit model
+    _move_rest(model, device)  # embeddings, norms, lm_head, rotary buffers
     return replaced
 
 
@@ -181,6 +208,69 @@ def quantize_int4(
     quantize_(model, config, filter_fn=lambda module, _fqn: id(module) in targets, device=device)
     _move_rest(model, device)  # embeddings, norms, lm_head, rotary buffers
     return len(targets)
+
+
+def quantize_gemlite(
+    model: Any,
+    device: str,
+    group_size: int = GEMLITE_GROUP_SIZE,
+    skip: Sequence[str] = SKIP_MODULES,
+) -> int:
+    """Replace each ``nn.Linear`` but ``skip`` with a GemLite 4-bit layer on ``device``.
+
+    HQQ picks each group's scale and zero (a few proximal steps on the GPU, closer to the
+    bf16 weights than rounding to the nearest level); GemLite packs the 4-bit values and
+    serves the layer. Each layer is moved and quantised on its own, as in
+    :func:`quantize_nf4`. GemLite tunes its kernels for each new row count on first use,
+    so the slot batch's warm-up passes before each CUDA-graph capture do that tuning, at
+    start-up. Returns the layers replaced.
+    """
+    reason = gemlite_unavailable_reason(device)
+    if reason is not None:
+        raise ModelLoadError(reason)
+    import torch
+    from gemlite.helper import A16Wn
+
+    # torchao's HQQ solver, the one its own GemLite workflow uses; torchao is pinned (the
+    # gpu extra), and that workflow's packing step does not match gemlite 0.6's API.
+    from torchao.quantization.quant_primitives import (
+        _choose_qparams_and_quantize_affine_hqq as choose_and_quantize_hqq,
+    )
+
+    if model.dtype != torch.bfloat16:
+        raise ModelLoadError(f"gemlite quantisation takes a bf16 model, not {model.dtype}.")
+    packer = A16Wn(device=device, dtype=torch.bfloat16)
+    replaced = 0
+    for parent, name, child in _linear_layers(model, skip):
+        values, scales, zeros, _shape = choose_and_quantize_hqq(
+            child.weight.data,
+            nbits=4,
+            group_size=group_size,
+            compute_dtype=torch.bfloat16,
+            device=device,
+            raw_output=True,
+        )
+        bias = None if child.bias is None else child.bias.data
+        layer = packer.from_weights(values, scales, zeros, 4, group_size, bias=bias)
+        setattr(parent, name, layer)
+        replaced += 1
+    _move_rest(model, device)
+    return replaced
+
+
+def quantize(model: Any, quantization: Quantization, device: str) -> int:
+    """Quantise a bf16 (or fp32) ``model`` in memory to ``quantization`` on ``device``.
+
+    The one dispatch the loader and the benchmarks share; ``none`` leaves the weights alone.
+    Returns the layers quantised.
+    """
+    if quantization == "nf4":
+        return quantize_nf4(model, device)
+    if quantization == "int4":
+        return quantize_int4(model, device)
+    if quantization == "gemlite":
+        return quantize_gemlite(model, device)
+    return 0
 
 
 def _move_rest(model: Any, device: str) -> None:

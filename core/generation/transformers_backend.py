@@ -25,8 +25,7 @@ from core.generation.profiles import ModelSpec
 from core.generation.quantization import (
     compute_dtype,
     merge_adapter,
-    quantize_int4,
-    quantize_nf4,
+    quantize,
 )
 from core.generation.slot_batch import SlotBatch
 from core.prompting import fold_system_prompt
@@ -297,7 +296,7 @@ def _from_pretrained_kwargs(spec: ModelSpec, in_memory: bool) -> dict[str, Any]:
 
     kwargs: dict[str, Any] = {}
     if in_memory:  # full precision on the CPU; quantised onto the device afterwards
-        wide = spec.device == "cuda" or spec.quantization == "int4"
+        wide = spec.device == "cuda" or spec.quantization in ("int4", "gemlite")
         kwargs["dtype"] = torch.bfloat16 if wide else torch.float32
         return kwargs
     if spec.quantization == "nf4":
@@ -327,10 +326,10 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_weights(spec)
-    # NF4 without merging is quantised by from_pretrained itself; int4, and NF4 with the
-    # adapter merged, load full-precision weights on the CPU and quantise them layer by layer
-    # onto the device (core/generation/quantization.py), merging the adapter first.
-    in_memory = spec.quantization == "int4" or (
+    # NF4 without merging is quantised by from_pretrained itself; int4, gemlite, and NF4 with
+    # the adapter merged, load full-precision weights on the CPU and quantise them layer by
+    # layer onto the device (core/generation/quantization.py), merging the adapter first.
+    in_memory = spec.quantization in ("int4", "gemlite") or (
         spec.quantization == "nf4" and spec.merge_adapter and spec.adapter is not None
     )
     kwargs = _from_pretrained_kwargs(spec, in_memory)
@@ -347,11 +346,8 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
         ) from exc
     if spec.adapter is not None and spec.merge_adapter:
         model = merge_adapter(model, spec.adapter)
-    if spec.quantization == "int4":
-        quantize_int4(model, spec.device)
-    elif in_memory:
-        quantize_nf4(model, spec.device)
-        model.to(spec.device)  # embeddings, norms and lm_head stay in full precision
+    if in_memory:  # embeddings, norms and lm_head move to the device in full precision
+        quantize(model, spec.quantization, spec.device)
     if spec.adapter is not None and not spec.merge_adapter:
         from peft import PeftModel
 
@@ -362,10 +358,11 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
                 f"Cannot apply LoRA adapter {spec.adapter} to {spec.source}: {exc}. Was it "
                 "trained for this base model?"
             ) from exc
-    if spec.compile and spec.quantization != "nf4":
+    if spec.compile and spec.quantization in ("int4", "none"):
         # generate() (personabot eval) with a static cache and torch.compile; bitsandbytes'
         # layers gain little from compiling (24.6 against 21.9 tokens/s at batch 1) while
-        # every batch size costs a minute's compilation. The scheduler does not use this.
+        # every batch size costs a minute's compilation (GemLite's layers were not tried).
+        # The scheduler does not use this.
         enable_compiled_decoding(model)
     model.eval()
     if tokenizer.pad_token_id is None:
