@@ -179,8 +179,10 @@ def _resolve_quantization(
 
     ``auto`` is NF4 for the 7B: with the slot batch's CUDA graphs it serves 32 conversations
     at over 3x int4's throughput (779-913 against 235 tokens/s), because tinygemm is slow at
-    prompts and at batch 32; int4 is only ahead for one conversation at a time (149 against
-    143 tokens/s). docs/benchmarks.md, "Serving under load".
+    prompts and at batch 32, and ahead of gemlite's (1,010 tokens/s on an H200), which also
+    tunes its kernels for over a minute at every start; both are ahead of NF4 only for a few
+    conversations at a time. docs/benchmarks.md, "Decode speed (GPU)" and "Serving under
+    load".
     """
     chosen = settings.quantization
     legacy = settings.load_in_4bit
