@@ -54,11 +54,6 @@ SKIP_MODULES = ("lm_head",)
 """Layers kept in full precision, as transformers' own 4-bit loading does."""
 
 
-def torchao_available() -> bool:
-    """True when the optional ``torchao`` package is importable (without importing it)."""
-    return importlib.util.find_spec("torchao") is not None
-
-
 def int4_unavailable_reason(device: str) -> str | None:
     """Why the int4 kernel cannot run here, or None when it can.
 
