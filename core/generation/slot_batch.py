@@ -14,9 +14,10 @@ Here every tensor a decode step touches has a fixed address:
   ``b`` and reads only the first ``w`` columns for a width bucket ``w``;
 - one decode step per (adapter, ``b``, ``w``) is captured once into a CUDA graph and replayed;
   only sampling runs outside it;
-- new prompts are written straight into their slots, several prompts per pass, in chunks
-  of up to 512 tokens each, padded to a (rows, chunk) bucket of at most
-  :data:`PREFILL_TOKENS` tokens, each pass a replay of its own captured graph: an eager
+- new prompts are written straight into their slots, cut into pieces of one chunk size
+  (32 to 512 tokens), several pieces per pass (of one prompt or of several), padded to a
+  (rows, chunk) bucket of at most :data:`PREFILL_TOKENS` tokens, each pass a replay of its
+  own captured graph: an eager
   pass costs about 0.1 s of kernel launches from Python whatever the prompt's length, and
   every running row waits for it; and one pass for several prompts reads (and, in 4-bit,
   dequantises) the weights once for all of them. (A burst of many prompts can instead go
@@ -53,6 +54,12 @@ from core.generation.kv_batch import PaddedBatch, cache_layers
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+PASS_OVERHEAD_TOKENS = 256
+"""What one prompt pass costs besides its tokens, in tokens: reading (in 4-bit, dequantising)
+every weight once. On an H200 a Mistral-7B's NF4 linears took 11 ms for 32 rows and 47 ms
+for 2,048 (docs/benchmarks.md), about 400 tokens' worth; bf16 pays less. It only tips the
+choice of chunk size between plans of nearly equal padding."""
 
 MIN_WIDTH_BUCKET = 128
 """Narrowest attention width captured: below it the saving is not worth another graph."""
@@ -155,6 +162,48 @@ def _bucket(sizes: Sequence[int], need: int) -> int:
         if size >= need:
             return size
     raise ValueError(f"{need} exceeds the largest bucket {sizes[-1]}")
+
+
+def plan_passes(
+    remaining: Sequence[int],
+    chunks: Sequence[int],
+    row_buckets: Sequence[int],
+    pass_tokens: int,
+    overhead_tokens: int = PASS_OVERHEAD_TOKENS,
+) -> list[list[tuple[int, int]]]:
+    """How to encode prompts with ``remaining[i]`` tokens still to go: a list of passes,
+    each a list of (prompt index, piece size) rows.
+
+    Every prompt is cut into pieces of one chunk size ``c`` (its last piece shorter), and
+    passes of up to ``pass_tokens // c`` rows take the pieces in order, so a pass may hold
+    several consecutive pieces of one prompt: they are written into the same slot, and a
+    later piece attends to the earlier ones because every layer writes all rows' keys
+    before it reads them back. A pass costs its (rows bucket x chunk bucket) padded tokens
+    plus ``overhead_tokens`` for reading the weights; the chunk size with the cheapest plan
+    wins.
+    """
+    best: tuple[int, list[list[tuple[int, int]]]] | None = None
+    for chunk in chunks:
+        fitting = [rows for rows in row_buckets if rows * chunk <= pass_tokens]
+        if not fitting:
+            continue
+        room = fitting[-1]
+        pieces = [
+            (i, min(chunk, left - done))
+            for i, left in enumerate(remaining)
+            for done in range(0, left, chunk)
+        ]
+        passes = [pieces[k : k + room] for k in range(0, len(pieces), room)]
+        cost = sum(
+            _bucket(row_buckets, len(group)) * _bucket(chunks, max(size for _, size in group))
+            + overhead_tokens
+            for group in passes
+        )
+        if best is None or cost < best[0]:
+            best = (cost, passes)
+    if best is None:
+        raise ValueError(f"no chunk of {list(chunks)} fits {pass_tokens} tokens a pass")
+    return best[1]
 
 
 class _View:
@@ -429,32 +478,30 @@ class SlotBatch:
     def _add_by_chunks(self, model: Any, prompts: Sequence[Sequence[int]]) -> Any:
         """The prompts written straight into their slots, several per (captured) pass.
 
-        Each prompt first gets a slot (and, from it, the prefix it already holds); then
-        passes of up to :data:`PREFILL_TOKENS` tokens take the next chunk of as many
-        prompts as fit. Why passes over several prompts: each pass reads every weight once
-        (in 4-bit: dequantises it), which for a short prompt costs more than its tokens do.
+        Each prompt first gets a slot (and, from it, the prefix it already holds); what is
+        left of it is cut into pieces of one chunk size, and passes of up to
+        :data:`PREFILL_TOKENS` tokens take the pieces in order (see :func:`plan_passes`).
+        Why passes over several prompts: each pass reads every weight once (in 4-bit:
+        dequantises it), which for a short prompt costs more than its tokens do. Why pieces
+        rather than one chunk per prompt per pass: padding every prompt of a burst to its
+        longest one's chunk computed about twice the real tokens under load.
         """
         import torch
 
         first = self.rows
         starts = [self._claim_slot(prompt, first + i) for i, prompt in enumerate(prompts)]
-        todo = list(range(len(prompts)))
         last_logits: list[Any] = [None] * len(prompts)
-        while todo:
-            longest = max(len(prompts[i]) - starts[i] for i in todo)
-            chunk = _bucket(self._chunks, min(longest, self._chunks[-1]))
-            room = max(size for size in self._batch_sizes if size * chunk <= self._pass_tokens)
-            group, todo = todo[:room], todo[room:]
-            pieces = [list(prompts[i][starts[i] : starts[i] + chunk]) for i in group]
-            logits = self._prefill_pass(
-                model, [first + i for i in group], [starts[i] for i in group], pieces
-            )
-            for row, (i, piece) in enumerate(zip(group, pieces, strict=True)):
-                starts[i] += len(piece)
-                if starts[i] == len(prompts[i]):
+        remaining = [len(prompt) - start for prompt, start in zip(prompts, starts, strict=True)]
+        for group in plan_passes(remaining, self._chunks, self._batch_sizes, self._pass_tokens):
+            columns, pieces = [], []
+            for i, size in group:  # one prompt's pieces follow each other in a pass
+                columns.append(starts[i])
+                pieces.append(list(prompts[i][starts[i] : starts[i] + size]))
+                starts[i] += size
+            logits = self._prefill_pass(model, [first + i for i, _ in group], columns, pieces)
+            for row, ((i, size), column) in enumerate(zip(group, columns, strict=True)):
+                if column + size == len(prompts[i]):
                     last_logits[i] = logits[row, -1].clone()
-                else:
-                    todo.append(i)
         device = self._positions.device
         for i, prompt in enumerate(prompts):
             slot = first + i
