@@ -19,6 +19,11 @@ class Turn:
         self._key = key
         self._previous = previous
         self._mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.first_in_line = previous is None or previous.done()
+        """No earlier turn of this conversation was unfinished when this one was taken, so
+        nothing an earlier message does (storing it, its reply) can happen after this
+        turn's reads: unlike :meth:`wait`'s answer, which says only whether the turn ahead
+        was still running at that later moment."""
 
     async def wait(self) -> bool:
         """Return once every earlier turn of this conversation has finished; whether it

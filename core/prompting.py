@@ -121,18 +121,27 @@ class PromptBuilder:
             past = [_as_chat(m, multi_party) for m in history[len(history) - k :]] if k else []
             return normalise_turns([system, *past, last])
 
+        # Each count renders the chat template and tokenises the whole prompt, on the event
+        # loop, so the common case (all of the history fits) costs one count.
+        whole = render(len(history))
+        tokens = self._count(whole)
+        if tokens <= budget:
+            return Prompt(messages=whole, tokens=tokens, history_used=len(history))
         now = self._fit_current(render, now, budget)
         # The token count grows with k, so the largest k that fits is found by bisection:
         # a handful of template renders instead of one per stored message.
+        counted: dict[int, int] = {}
         low, high = 0, len(history)
         while low < high:
             mid = (low + high + 1) // 2
-            if self._count(render(mid, now)) <= budget:
+            counted[mid] = self._count(render(mid, now))
+            if counted[mid] <= budget:
                 low = mid
             else:
                 high = mid - 1
         messages = render(low, now)
-        return Prompt(messages=messages, tokens=self._count(messages), history_used=low)
+        tokens = counted[low] if low in counted else self._count(messages)
+        return Prompt(messages=messages, tokens=tokens, history_used=low)
 
     def _fit_current(
         self,

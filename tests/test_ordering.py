@@ -61,3 +61,20 @@ async def test_cancelled_waiter_does_not_let_later_turns_jump_ahead() -> None:
     await asyncio.gather(first, third)
     assert log == ["first", "third"]
     assert second.cancelled()
+
+
+async def test_first_in_line_means_nothing_was_ahead_when_the_turn_was_taken() -> None:
+    """wait() says whether the turn ahead was still running when waited for; the engine
+    reuses reads made before that only for a turn that had nothing ahead at all."""
+    queue = TurnQueue()
+    first = queue.join("k")
+    second = queue.join("k")
+    other = queue.join("elsewhere")
+    assert first.first_in_line and other.first_in_line and not second.first_in_line
+    first.finish()
+    await asyncio.sleep(0)
+    assert not await second.wait()  # the earlier turn ended before this one waited...
+    assert not second.first_in_line  # ...but it was running when this one was taken
+    second.finish()
+    other.finish()
+    assert queue.join("k").first_in_line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -92,6 +93,33 @@ def test_history_is_fitted_to_the_token_budget(offline_generator: TransformersGe
         max_new_tokens=100,
     )
     assert bigger.history_used == len(history)
+    assert bigger.tokens == offline_generator.count_tokens(bigger.messages)
+
+
+def test_a_history_that_fits_whole_costs_one_count(
+    offline_generator: TransformersGenerator,
+) -> None:
+    """Each count renders the template and tokenises the prompt on the event loop; a
+    bisection for a history that fits anyway cost six of them per message."""
+    calls: list[int] = []
+
+    def count(messages: Sequence[ChatMessage]) -> int:
+        calls.append(len(messages))
+        return offline_generator.count_tokens(messages)
+
+    history = [
+        stored(i, "user" if i % 2 == 0 else "assistant", f"Line {i} of a chat.") for i in range(20)
+    ]
+    prompt = PromptBuilder(count, budget_tokens=2000).build(
+        persona=load_builtin_personas()[0],
+        mood=MoodResult(Mood.HAPPINESS, 0.9),
+        length=LengthPreset.MEDIUM,
+        history=history,
+        current=stored(99, "user", "And now?"),
+        max_new_tokens=100,
+    )
+    assert prompt.history_used == 20 and len(calls) == 1
+    assert prompt.tokens == offline_generator.count_tokens(prompt.messages)
 
 
 def test_group_history_names_speakers(offline_generator: TransformersGenerator) -> None:
