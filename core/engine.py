@@ -103,6 +103,7 @@ class Engine:
         self._prompts = PromptBuilder(generator.count_tokens, budget)
         self._arrivals = TurnQueue()
         self._turns = TurnQueue()
+        self._empty_reply_tokens: int | None = None
 
     # -- read-only facts for frontends --------------------------------------------------------
 
@@ -327,13 +328,12 @@ class Engine:
         chat that opens with the assistant.
         """
         try:
-            count = self._generator.count_tokens
             question = ChatMessage("user", "")
-            return max(
-                0,
-                count([question, ChatMessage("assistant", text)])
-                - count([question, ChatMessage("assistant", "")]),
-            )
+            if self._empty_reply_tokens is None:  # the same for every reply: counted once
+                empty = [question, ChatMessage("assistant", "")]
+                self._empty_reply_tokens = self._generator.count_tokens(empty)
+            reply = [question, ChatMessage("assistant", text)]
+            return max(0, self._generator.count_tokens(reply) - self._empty_reply_tokens)
         except Exception:  # statistics must never cost a reply
             log.debug("Counting reply tokens failed.", exc_info=True)
             return 0
