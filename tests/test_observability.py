@@ -16,6 +16,7 @@ from core.generation.transformers_backend import TransformersGenerator
 from core.types import Author, ConversationRef
 from tests.conftest import SettingsFactory, SharedGenerator
 from tests.test_reliability import terse_settings
+from tests.test_sft_data import MISTRAL_TEMPLATE
 
 ALICE = Author("u1", "Alice")
 HERE = ConversationRef("telegram", "42")
@@ -63,6 +64,47 @@ async def test_each_reply_is_one_event_line_with_its_numbers(
     failed = events[1].__dict__["fields"]
     assert (failed["error"], failed["conversation"]) == ("input", "telegram:42")
     assert events[1].levelno == logging.INFO  # refused input is the user's, not an alarm
+
+
+async def test_reply_tokens_are_counted_under_a_strict_chat_template(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mistral-7B-Instruct's template rejects a chat that opens with the assistant, so a
+    reply counted as an assistant turn of its own counted 0 tokens for the production
+    model (and a streamed reply cut by its budget would not have been trimmed)."""
+    import torch
+
+    from benchmarks.load import RANDOM_MODELS, word_tokenizer
+    from benchmarks.random_models import random_mistral
+    from core.generation.profiles import ModelSpec
+
+    torch.manual_seed(0)
+    dims = RANDOM_MODELS["tiny"]
+    model = random_mistral(dims, "cpu", torch.float32, bos_token_id=1, eos_token_id=2).eval()
+    tokenizer = word_tokenizer(dims["vocab_size"])
+    tokenizer.chat_template = MISTRAL_TEMPLATE
+    spec = ModelSpec(
+        profile="random-tiny",
+        source="random weights",
+        gguf_file=None,
+        converted_dir=None,
+        quantization="none",
+        adapter=None,
+        device="cpu",
+        system_role=False,
+        compile=False,
+    )
+    generator = TransformersGenerator(model, tokenizer, spec, system_role=False)
+    engine = await build_engine(terse_settings(make_settings), generator=generator)
+    caplog.set_level(logging.INFO, logger="personabot.events")
+    try:
+        partials: list[str] = []
+        reply = await engine.reply(HERE, ALICE, "how are you today", on_partial=partials.append)
+    finally:
+        await engine.aclose()
+    fields = next(r for r in caplog.records if getattr(r, "event", None) == "reply").__dict__
+    assert reply.text and partials
+    assert fields["fields"]["completion_tokens"] > 0
 
 
 async def test_metrics_endpoint_serves_the_counters_when_enabled(
