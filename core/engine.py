@@ -205,10 +205,8 @@ class Engine:
         first_in_line = turn.first_in_line
         try:
             state = await self._state(conversation)
-            earlier = await self._store.history(
-                state.id, limit=max(1, self._settings.history_messages)
-            )
-            mood = await self._detect(text, earlier[-1].text if earlier else None)
+            earlier = await self._earlier_messages(state)
+            mood = await self._detect(text, _last_text(earlier))
             await arrival.wait()
             user_message = await self._store.add_message(
                 state.id, role="user", author=author, text=text, mood=mood, persona=state.persona
@@ -218,9 +216,7 @@ class Engine:
                 state = await self._state(conversation)
             persona = self._persona_of(state)
             if first_in_line:
-                history = earlier[-self._settings.history_messages :]
-                if self._settings.history_messages == 0:
-                    history = []
+                history = self._prompt_history(earlier)
                 prompt = self._build_prompt(state, persona, mood, history, user_message)
             else:
                 prompt, history = await self._prompt_for(state, persona, mood, user_message)
@@ -344,8 +340,8 @@ class Engine:
         """The prompt a message would get now, without storing or generating anything."""
         text = clean_user_text(text, max_chars=self._settings.max_message_chars)
         state = await self._state(conversation)
-        last = await self._store.history(state.id, limit=1)
-        mood = await self._detect(text, last[-1].text if last else None)
+        earlier = await self._earlier_messages(state)
+        mood = await self._detect(text, _last_text(earlier))
         persona = self._persona_of(state)
         draft = StoredMessage(
             id=0,
@@ -357,8 +353,7 @@ class Engine:
             persona=persona.name,
             created_at=datetime.now(UTC),
         )
-        history = await self._store.history(state.id, limit=self._settings.history_messages)
-        return self._build_prompt(state, persona, mood, history, draft)
+        return self._build_prompt(state, persona, mood, self._prompt_history(earlier), draft)
 
     async def history(self, conversation: ConversationRef, limit: int = 50) -> list[StoredMessage]:
         state = await self._state(conversation)
@@ -541,6 +536,17 @@ class Engine:
         )
         return self._personas.get(self._settings.default_persona)
 
+    async def _earlier_messages(self, state: ConversationState) -> list[StoredMessage]:
+        """The conversation's last messages, as both the mood detector and the prompt need
+        them, in one read: at least one (the text a mood is read against), else
+        PERSONABOT_HISTORY_MESSAGES of them."""
+        return await self._store.history(state.id, limit=max(1, self._settings.history_messages))
+
+    def _prompt_history(self, earlier: Sequence[StoredMessage]) -> list[StoredMessage]:
+        """The part of ``earlier`` (oldest first) a prompt may use."""
+        keep = self._settings.history_messages
+        return list(earlier[-keep:]) if keep else []
+
     async def _detect(self, text: str, previous: str | None) -> MoodResult:
         """A broken mood detector must not cost the user their reply."""
         try:
@@ -559,9 +565,7 @@ class Engine:
         stored = await self._store.history(
             state.id, limit=self._settings.history_messages + 1, up_to_id=current.id
         )
-        history = [m for m in stored if m.id != current.id][-self._settings.history_messages :]
-        if self._settings.history_messages == 0:
-            history = []
+        history = self._prompt_history([m for m in stored if m.id != current.id])
         return self._build_prompt(state, persona, mood, history, current), history
 
     def _build_prompt(
@@ -656,6 +660,10 @@ class Engine:
                 log.exception("The partial-reply callback failed; generation goes on.")
         raw = "".join(pieces)
         return raw, self._reply_tokens(raw)
+
+
+def _last_text(messages: Sequence[StoredMessage]) -> str | None:
+    return messages[-1].text if messages else None
 
 
 def _out_of_memory(exc: BaseException) -> bool:
