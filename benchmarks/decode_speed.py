@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.random_models import MISTRAL_7B_DIMS, random_mistral
-from core.generation.quantization import Quantization
+from core.generation.quantization import NF4Kernel, Quantization
 
 TINY_DIMS: dict[str, Any] = {
     "hidden_size": 128,
@@ -78,6 +78,7 @@ GPU_SETUPS = (
     "bf16-graph",
     "int4-slots",
     "nf4-slots",
+    "nf4triton-slots",
     "bf16-slots",
     "nf4-eager-lora-unmerged",
     "nf4-eager-lora-merged",
@@ -92,9 +93,16 @@ SMOKE_SETUPS = (
     "nf4-eager-lora-unmerged",
     "nf4-eager-lora-merged",
 )
-FORMATS = ("nf4", "int4", "gemlite", "bf16", "fp32")
-QUANTIZED: dict[str, Quantization] = {"nf4": "nf4", "int4": "int4", "gemlite": "gemlite"}
-"""The formats the loader quantises in memory, by their ``PERSONABOT_QUANTIZATION`` value."""
+FORMATS = ("nf4", "nf4triton", "int4", "gemlite", "bf16", "fp32")
+QUANTIZED: dict[str, Quantization] = {
+    "nf4": "nf4",
+    "nf4triton": "nf4",
+    "int4": "int4",
+    "gemlite": "gemlite",
+}
+"""The formats the loader quantises in memory, by their ``PERSONABOT_QUANTIZATION`` value.
+``nf4`` multiplies with bitsandbytes' kernels, as every NF4 row measured before the fused
+kernel did; ``nf4triton`` decodes on the fused kernel (``PERSONABOT_NF4_KERNEL=triton``)."""
 MODES = ("eager", "compile", "graph", "slots")
 RESULT_PREFIX = "RESULT "
 
@@ -170,7 +178,8 @@ def prepare(setup: Setup, dims: dict[str, Any], device: str, lora_rank: int) -> 
             model = merge_adapter(model, adapter)
         quantization = QUANTIZED.get(setup.weights)
         if quantization is not None:
-            quantize(model, quantization, device)
+            kernel: NF4Kernel = "triton" if setup.weights == "nf4triton" else "bitsandbytes"
+            quantize(model, quantization, device, nf4_kernel=kernel)
         if adapter is not None and setup.lora == "unmerged":
             model = PeftModel.from_pretrained(model, str(adapter))
     if setup.mode == "compile":

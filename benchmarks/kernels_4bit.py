@@ -25,15 +25,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.random_models import MISTRAL_7B_DIMS
-from core.generation.quantization import Quantization
+from core.generation.quantization import NF4Kernel, Quantization
 
 FORMATS: dict[str, Quantization] = {
     "bf16": "none",
     "nf4": "nf4",
+    "nf4triton": "nf4",
     "int4": "int4",
     "gemlite": "gemlite",
 }
-"""Format names here and the loader's ``PERSONABOT_QUANTIZATION`` value for each."""
+"""Format names here and the loader's ``PERSONABOT_QUANTIZATION`` value for each; ``nf4`` is
+bitsandbytes' own kernels, ``nf4triton`` the fused one (``PERSONABOT_NF4_KERNEL=triton``)."""
 ROWS = (1, 8, 16, 32, 512, 2048)
 
 
@@ -75,7 +77,8 @@ def build_layer(fmt: str, dims: dict[str, Any], seed: int) -> Any:
     torch.manual_seed(seed)
     with torch.device("cuda"):
         model = Projections()
-    quantize(model, FORMATS[fmt], "cuda")
+    kernel: NF4Kernel = "triton" if fmt == "nf4triton" else "bitsandbytes"
+    quantize(model, FORMATS[fmt], "cuda", nf4_kernel=kernel)
     return model.layers
 
 

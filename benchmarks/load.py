@@ -51,7 +51,7 @@ from core.generation.base import Generator
 from core.generation.batching import BatchingConfig
 from core.generation.factory import create_generator
 from core.generation.profiles import ModelSpec
-from core.generation.quantization import QUANTIZATIONS, Quantization
+from core.generation.quantization import NF4_KERNELS, QUANTIZATIONS, NF4Kernel, Quantization
 from core.settings import Settings
 from core.types import Author, ConversationRef
 
@@ -122,6 +122,7 @@ def random_generator(
     quantization: Quantization,
     batching: BatchingConfig,
     graphs: bool = False,
+    nf4_kernel: NF4Kernel = "triton",
 ) -> Generator:
     """The transformers backend over a random model of ``name``'s shape.
 
@@ -129,7 +130,7 @@ def random_generator(
     ``gemlite`` (GemLite's Triton kernels, CUDA only) or ``none`` (bf16 on CUDA, fp32 on a
     CPU), quantised in memory as the engine's loader does.
     ``graphs``: decode on the static slot cache (CUDA graphs on a GPU), as
-    ``PERSONABOT_COMPILE`` does.
+    ``PERSONABOT_COMPILE`` does; ``nf4_kernel`` as ``PERSONABOT_NF4_KERNEL``.
     """
     import torch
 
@@ -140,7 +141,7 @@ def random_generator(
     dtype = compute_dtype(device) if device == "cuda" else torch.float32
     torch.manual_seed(0)
     model = random_mistral(dims, device, dtype, bos_token_id=1, eos_token_id=2)
-    quantize(model, quantization, device)
+    quantize(model, quantization, device, nf4_kernel)
     if device == "cuda":
         torch.cuda.empty_cache()
     model.eval()
@@ -155,6 +156,7 @@ def random_generator(
         device=device,
         system_role=False,
         compile=graphs,
+        nf4_kernel=nf4_kernel,
     )
     return TransformersGenerator(model, tokenizer, spec, system_role=False, batching=batching)
 
@@ -226,6 +228,7 @@ def settings_for(args: argparse.Namespace, data_dir: Path) -> Settings:
         max_prompt_tokens=args.max_prompt_tokens,
         load_in_4bit=None if args.random_model else args.load_in_4bit,
         quantization="auto" if args.random_model or not args.quantization else args.quantization,
+        nf4_kernel=args.nf4_kernel,
     )
 
 
@@ -256,7 +259,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 )
             graphs = cuda if args.graphs is None else args.graphs
             generator = await asyncio.to_thread(
-                random_generator, args.random_model, args.device, quantization, batching, graphs
+                random_generator,
+                args.random_model,
+                args.device,
+                quantization,
+                batching,
+                graphs,
+                args.nf4_kernel,
             )
         else:
             generator = await create_generator(settings)
@@ -324,6 +333,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         result["sample_s"] = round(stats.sample_s - before.sample_s, 2)
     if cuda:
         result["gpu"] = torch.cuda.get_device_name()
+        result["nf4_kernel"] = args.nf4_kernel
         result["weights_gb"] = round(weights_gb or 0.0, 2)
         result["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
@@ -361,6 +371,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="weight format (PERSONABOT_QUANTIZATION); for a random model the default is nf4 "
         "on CUDA and none on a CPU; int4 and gemlite need CUDA and the gpu extra",
+    )
+    parser.add_argument(
+        "--nf4-kernel",
+        choices=NF4_KERNELS,
+        default="triton",
+        help="NF4 decode-step kernel on CUDA (PERSONABOT_NF4_KERNEL): triton, the fused one "
+        "(default, as served), or bitsandbytes, as every NF4 load run before it",
     )
     parser.add_argument(
         "--max-batch-size", type=int, default=0, help="PERSONABOT_MAX_BATCH_SIZE (0: N)"

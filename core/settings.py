@@ -139,6 +139,13 @@ class Settings(BaseSettings):
         "merged adapter), 'none' (bf16 on a GPU) or 'auto': nf4 for mistral-7b, none for "
         "smollm2-135m.",
     )
+    nf4_kernel: Literal["triton", "bitsandbytes"] = Field(
+        default="triton",
+        description="Kernel for NF4 decode steps on a GPU: 'triton' (personabot's fused "
+        "kernel: reads bitsandbytes' 4-bit weights once per step, several times faster for "
+        "a step of many conversations) or 'bitsandbytes' (dequantise each weight to bf16, "
+        "then multiply). Prompts always use bitsandbytes; CPUs always do.",
+    )
     compile: bool | None = Field(
         default=None,
         description="Decode on a static KV cache (one slot per conversation, sized by the "

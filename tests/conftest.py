@@ -13,17 +13,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from core.bootstrap import build_engine
-from core.engine import Engine
-from core.generation.profiles import build_model_spec
-from core.generation.transformers_backend import (
+
+def _interpret_triton_without_a_gpu() -> None:
+    """Run Triton kernels in Triton's CPU interpreter where there is no GPU.
+
+    Triton reads ``TRITON_INTERPRET`` when it is first imported, and some library may import
+    it early, so this runs before anything else here; tests/test_nf4_triton.py then runs the
+    fused NF4 kernel on CPU tensors. On a GPU the kernels stay compiled.
+    """
+    if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+_interpret_triton_without_a_gpu()
+
+from core.bootstrap import build_engine  # noqa: E402
+from core.engine import Engine  # noqa: E402
+from core.generation.profiles import build_model_spec  # noqa: E402
+from core.generation.transformers_backend import (  # noqa: E402
     TransformersGenerator,
     load_transformers_generator,
 )
-from core.settings import Settings
-from tests.llama_server import llama_server, openai_counter  # noqa: F401 (fixtures)
-from tests.postgres import database_url, outage_server, postgres_server  # noqa: F401 (fixtures)
+from core.settings import Settings  # noqa: E402
+from tests.llama_server import llama_server, openai_counter  # noqa: E402, F401 (fixtures)
+from tests.postgres import database_url, outage_server, postgres_server  # noqa: E402, F401
 
 REPO = Path(__file__).resolve().parent.parent
 DAILYDIALOG = REPO.parent / "shared" / "data" / "dailydialog"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.errors import ModelLoadError
 from core.generation.quantization import (
+    NF4Kernel,
     Quantization,
     gemlite_unavailable_reason,
     int4_unavailable_reason,
@@ -55,6 +56,8 @@ class ModelSpec:
     """Fold ``adapter`` into the weights at load, before quantising (see quantization.py)."""
     compile: bool = False
     """Decode with a static KV cache and torch.compile (see fast_decode.py)."""
+    nf4_kernel: NF4Kernel = "triton"
+    """NF4's decode-step kernel on a GPU (see quantization.select_nf4_kernel)."""
 
     @property
     def load_in_4bit(self) -> bool:
@@ -289,6 +292,7 @@ def build_model_spec(settings: Settings, *, persona_adapters: bool = False) -> M
             system_role=False,
             merge_adapter=merge,
             compile=compile_,
+            nf4_kernel=settings.nf4_kernel,
         )
     if settings.model_path:
         source, gguf_file, converted = settings.model_path, None, None
@@ -307,4 +311,5 @@ def build_model_spec(settings: Settings, *, persona_adapters: bool = False) -> M
         system_role=None,
         merge_adapter=merge,
         compile=compile_,
+        nf4_kernel=settings.nf4_kernel,
     )

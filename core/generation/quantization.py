@@ -39,6 +39,13 @@ log = logging.getLogger(__name__)
 Quantization = Literal["nf4", "int4", "gemlite", "none"]
 QUANTIZATIONS: tuple[Quantization, ...] = ("nf4", "int4", "gemlite", "none")
 
+NF4Kernel = Literal["triton", "bitsandbytes"]
+NF4_KERNELS: tuple[NF4Kernel, ...] = ("triton", "bitsandbytes")
+"""Which kernel multiplies NF4 weights by the few rows of a decode step on a GPU:
+``triton`` (core/generation/nf4_triton.py, bitsandbytes' own weights unpacked inside one
+kernel) or ``bitsandbytes`` (dequantise, then a bf16 product). Prompts always take
+bitsandbytes' path."""
+
 INT4_GROUP_SIZE = 128
 """Weights per int4 scale/zero pair: tinygemm's usual choice (64 and 32 are finer, bigger)."""
 
@@ -253,14 +260,41 @@ def quantize_gemlite(
     return replaced
 
 
-def quantize(model: Any, quantization: Quantization, device: str) -> int:
+def select_nf4_kernel(model: Any, kernel: NF4Kernel, device: str) -> int:
+    """Let ``model``'s NF4 layers run the fused Triton kernel for decode steps, if asked.
+
+    Only on CUDA (the kernel's only compiled target) and where Triton is installed (CUDA
+    builds of torch bring it); elsewhere the layers stay bitsandbytes' own, with a warning
+    when ``triton`` was asked for on a GPU. Returns the layers switched.
+    """
+    if kernel != "triton" or device != "cuda":
+        return 0
+    from core.generation.nf4_triton import triton_available, use_fused_nf4
+
+    if not triton_available():
+        log.warning(
+            "PERSONABOT_NF4_KERNEL=triton but Triton is not installed; NF4 decode steps use "
+            "bitsandbytes' slower kernels. Install a CUDA build of torch (it brings Triton)."
+        )
+        return 0
+    switched = use_fused_nf4(model)
+    log.info("NF4: %d layers run decode steps on the fused Triton kernel", switched)
+    return switched
+
+
+def quantize(
+    model: Any, quantization: Quantization, device: str, nf4_kernel: NF4Kernel = "triton"
+) -> int:
     """Quantise a bf16 (or fp32) ``model`` in memory to ``quantization`` on ``device``.
 
     The one dispatch the loader and the benchmarks share; ``none`` leaves the weights alone.
-    Returns the layers quantised.
+    ``nf4_kernel`` picks NF4's decode kernel (:func:`select_nf4_kernel`). Returns the layers
+    quantised.
     """
     if quantization == "nf4":
-        return quantize_nf4(model, device)
+        replaced = quantize_nf4(model, device)
+        select_nf4_kernel(model, nf4_kernel, device)
+        return replaced
     if quantization == "int4":
         return quantize_int4(model, device)
     if quantization == "gemlite":

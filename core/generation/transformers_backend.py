@@ -26,6 +26,7 @@ from core.generation.quantization import (
     compute_dtype,
     merge_adapter,
     quantize,
+    select_nf4_kernel,
 )
 from core.generation.slot_batch import SlotBatch
 from core.prompting import fold_system_prompt
@@ -347,7 +348,9 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
     if spec.adapter is not None and spec.merge_adapter:
         model = merge_adapter(model, spec.adapter)
     if in_memory:  # embeddings, norms and lm_head move to the device in full precision
-        quantize(model, spec.quantization, spec.device)
+        quantize(model, spec.quantization, spec.device, spec.nf4_kernel)
+    elif spec.quantization == "nf4":  # quantised by from_pretrained
+        select_nf4_kernel(model, spec.nf4_kernel, spec.device)
     if spec.adapter is not None and not spec.merge_adapter:
         from peft import PeftModel
 

@@ -1,0 +1,169 @@
+"""The fused NF4 kernel against bitsandbytes' own dequantisation, in Triton's CPU interpreter.
+
+On a GPU the kernel is compiled; here the same kernel source runs in Triton's interpreter
+(``TRITON_INTERPRET=1``, which tests/conftest.py sets where there is no GPU) on CPU tensors,
+in fp32 and fp16 (numpy has no bf16). On a GPU machine this module is skipped: there the
+kernel is checked compiled, in bf16, by benchmarks/nf4_tiles.py (every tiling against
+bitsandbytes) and by the CUDA tests of tests/test_slot_batch.py. The reference
+is bitsandbytes' ``dequantize_4bit`` of the very same packed weights, so a wrong nibble
+order, block-scale index, nested (double-quantised) scale or split-K sum shows up as a
+wrong product. Speed is measured on the GPU (benchmarks/nf4_tiles.py, kernels_4bit.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("Triton compiles for the GPU here; see the docstring", allow_module_level=True)
+
+import torch
+from bitsandbytes.functional import dequantize_4bit
+from bitsandbytes.nn.modules import Linear4bit, Params4bit
+
+from benchmarks.decode_speed import TINY_DIMS
+from benchmarks.random_models import random_mistral
+from core.generation import nf4_triton
+from core.generation.nf4_triton import (
+    FUSED_MAX_ROWS,
+    FusedNF4Linear,
+    TileConfig,
+    nf4_matmul,
+    tile_config,
+    use_fused_nf4,
+)
+from core.generation.quantization import quantize_nf4
+
+
+def nf4_layer(
+    in_features: int,
+    out_features: int,
+    *,
+    nested: bool = True,
+    bias: bool = False,
+    dtype: Any = torch.float32,
+    seed: int = 0,
+) -> Any:
+    """A bitsandbytes NF4 layer of random weights, quantised on the CPU as the loader does."""
+    torch.manual_seed(seed)
+    layer = Linear4bit(  # type: ignore[no-untyped-call]
+        in_features,
+        out_features,
+        bias=bias,
+        compute_dtype=dtype,
+        compress_statistics=nested,
+        quant_type="nf4",
+        device="meta",
+    )
+    weight: Any = Params4bit(
+        torch.randn(out_features, in_features),
+        requires_grad=False,
+        compress_statistics=nested,
+        quant_type="nf4",
+        module=layer,
+    )
+    layer.weight = weight.to("cpu")
+    if bias:
+        layer.bias = torch.nn.Parameter(torch.randn(out_features).to(dtype), requires_grad=False)
+    return layer.eval()
+
+
+def reference(layer: Any, x: Any) -> Any:
+    """bitsandbytes' dequantised weight times ``x`` in fp32 (plus the bias)."""
+    weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    out = x.float() @ weight.T
+    return out if layer.bias is None else out + layer.bias.float()
+
+
+@pytest.mark.parametrize(
+    ("in_features", "out_features", "rows", "nested", "bias", "config"),
+    [
+        (256, 64, 3, True, False, None),  # the chosen tiling, double-quantised scales
+        (512, 96, 17, False, True, None),  # plain fp32 scales, a bias, two row tiles of 16
+        (256, 64, 5, True, False, TileConfig(block_n=32, groups=2, split_k=2)),
+        (192, 40, 2, True, True, TileConfig(block_n=32, groups=1, split_k=3)),  # ragged
+        (256, 64, 40, True, False, TileConfig(block_n=64, groups=4, split_k=1, even_odd=True)),
+        (512, 48, 1, True, True, TileConfig(block_n=32, groups=2, split_k=4, even_odd=True)),
+    ],
+)
+def test_the_fused_product_matches_bitsandbytes_dequantised_weights(
+    in_features: int,
+    out_features: int,
+    rows: int,
+    nested: bool,
+    bias: bool,
+    config: TileConfig | None,
+) -> None:
+    layer = nf4_layer(in_features, out_features, nested=nested, bias=bias)
+    x = torch.randn(rows, in_features)
+    out = nf4_matmul(x, layer.weight, layer.bias, config)
+    assert out.shape == (rows, out_features) and out.dtype == torch.float32
+    torch.testing.assert_close(out, reference(layer, x), rtol=1e-4, atol=1e-4)
+
+
+def test_fp16_inputs_keep_their_dtype_and_leading_shape() -> None:
+    layer = nf4_layer(256, 64, dtype=torch.float16)
+    x = torch.randn(2, 3, 256).to(torch.float16)
+    out = nf4_matmul(x, layer.weight)
+    assert out.shape == (2, 3, 64) and out.dtype == torch.float16
+    expected = reference(layer, x.reshape(6, 256)).reshape(2, 3, 64)
+    torch.testing.assert_close(out.float(), expected, rtol=2e-3, atol=2e-2)
+
+
+def test_a_mismatched_input_width_is_refused() -> None:
+    layer = nf4_layer(256, 64)
+    with pytest.raises(ValueError, match="input has 128 features, the weight takes 256"):
+        nf4_matmul(torch.randn(2, 128), layer.weight)
+
+
+def test_layers_take_the_fused_path_for_few_rows_only() -> None:
+    layer = nf4_layer(256, 64, bias=True)
+    assert use_fused_nf4(torch.nn.Sequential(layer)) == 1
+    assert isinstance(layer, FusedNF4Linear) and isinstance(layer, Linear4bit)
+    few = torch.randn(4, 256)
+    fused = nf4_triton._fused_forward(layer, few)
+    assert fused is not None
+    torch.testing.assert_close(fused, reference(layer, few), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer(few), fused)
+    many = torch.randn(FUSED_MAX_ROWS + 1, 256)
+    assert nf4_triton._fused_forward(layer, many) is None  # a prompt pass: bitsandbytes
+    torch.testing.assert_close(layer(many), reference(layer, many), rtol=1e-4, atol=1e-4)
+    layer.train()
+    assert nf4_triton._fused_forward(layer, few) is None  # no backward pass in the kernel
+
+
+def test_a_model_on_the_fused_kernel_gives_bitsandbytes_logits_and_tokens() -> None:
+    """A whole (tiny) Mistral: every NF4 layer on the fused kernel, decoding greedily."""
+
+    def model() -> Any:
+        torch.manual_seed(0)
+        built = random_mistral(TINY_DIMS, "cpu", torch.float32, bos_token_id=1, eos_token_id=2)
+        quantize_nf4(built, "cpu")
+        for module in built.modules():
+            if isinstance(module, Linear4bit):
+                module.compute_dtype = torch.float32  # the interpreter has no bf16
+        return built.eval()
+
+    fused, plain = model(), model()
+    assert use_fused_nf4(fused) == 7 * TINY_DIMS["num_hidden_layers"]
+    prompt = torch.tensor([[1, 17, 230, 45, 901, 12]])
+    with torch.inference_mode():
+        fused_logits = fused(prompt).logits
+        plain_logits = plain(prompt).logits
+        torch.testing.assert_close(fused_logits, plain_logits, rtol=1e-4, atol=1e-4)
+        kwargs: dict[str, Any] = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+        fused_tokens = fused.generate(prompt, **kwargs)
+        plain_tokens = plain.generate(prompt, **kwargs)
+    assert fused_tokens.tolist() == plain_tokens.tolist()
+
+
+def test_tilings_split_the_input_only_when_the_outputs_give_too_few_programs() -> None:
+    """The key/value projections of a 7B (1,024 features) get split-K; the MLP does not."""
+    assert tile_config(32, 1024, 4096, 64).split_k > 1
+    assert tile_config(32, 14336, 4096, 64).split_k == 1
+    odd = tile_config(1, 40, 192, 64)  # 3 blocks a row: no group of 2 divides it
+    assert odd.groups == 1 and 192 % (64 * odd.groups) == 0
