@@ -1,15 +1,18 @@
 """Which tiling of the fused NF4 kernel is fastest, per Mistral-7B projection shape and row count.
 
-Why: :func:`core.generation.nf4_triton.tile_config` picks a tiling (output features per
-program, quantisation blocks per loop step, split of the input dimension, pipeline stages,
-how nibbles meet inputs) from the product's shape; this sweep is the measurement behind
-that choice. Each candidate multiplies random NF4 weights (quantised by the loader's
-``quantize_nf4``) by random bf16 rows, is checked against bitsandbytes' own product of the
-same weights, and is timed as one CUDA graph of ``--repeats`` calls, the way decode steps
-run. Candidates are first swept at ``--full-rows``; at the other row counts only the best
-``--keep`` of that sweep and the current choice are timed.
+Why: the fused kernel's speed depends on its tiling (output features per program,
+quantisation blocks per loop step, split of the input dimension, warps, where the code
+table sits), and the best one differs by shape, row count and GPU; this sweep measures them
+and, with ``--write-table``, writes the fastest per shape and row bucket (or "bitsandbytes"
+where that is faster) into the tuned table that
+:func:`core.generation.nf4_triton.choose_tiling` reads. Each candidate multiplies random
+NF4 weights (quantised by the loader's ``quantize_nf4``) by random bf16 rows, is checked
+against bitsandbytes' own product of the same weights, and is timed as one CUDA graph of
+``--repeats`` calls, the way decode steps run. Candidates are first swept at
+``--full-rows``; at the other row counts only the best ``--keep`` of that sweep and the
+current choice are timed.
 
-    python -m benchmarks.nf4_tiles --json tiles.json
+    python -m benchmarks.nf4_tiles --json tiles.json --write-table core/generation/nf4_tiles.json
 
 CUDA only (the kernel's CPU interpreter is for tests, not timings).
 """
@@ -30,8 +33,8 @@ from benchmarks.random_models import MISTRAL_7B_DIMS
 BLOCK_N = (32, 64, 128)
 GROUPS = (1, 2, 4)
 SPLIT_K = (1, 2, 4, 8, 16)
-STAGES = (2, 4)
-EVEN_ODD = (False, True)
+WARPS = (4, 8)
+REGISTER_TABLE = (True, False)
 
 
 def build_weight(in_features: int, out_features: int, seed: int) -> Any:
@@ -82,19 +85,13 @@ def candidates() -> list[Any]:
     from core.generation.nf4_triton import TileConfig
 
     return [
-        TileConfig(block_n=n, groups=g, split_k=k, num_stages=s, even_odd=e)
-        for n, g, k, s, e in itertools.product(BLOCK_N, GROUPS, SPLIT_K, STAGES, EVEN_ODD)
+        TileConfig(block_n=n, groups=g, split_k=k, num_warps=w, register_table=r)
+        for n, g, k, w, r in itertools.product(BLOCK_N, GROUPS, SPLIT_K, WARPS, REGISTER_TABLE)
     ]
 
 
 def describe(config: Any) -> dict[str, Any]:
-    return {
-        "block_n": config.block_n,
-        "groups": config.groups,
-        "split_k": config.split_k,
-        "num_stages": config.num_stages,
-        "even_odd": config.even_odd,
-    }
+    return dict(config.as_dict())
 
 
 def sweep_shape(
@@ -105,7 +102,7 @@ def sweep_shape(
 ) -> list[dict[str, Any]]:
     import torch
 
-    from core.generation.nf4_triton import nf4_matmul, tile_config
+    from core.generation.nf4_triton import choose_tiling, gpu_name, nf4_matmul
 
     layer = build_weight(in_features, out_features, args.seed)
     weight = layer.weight
@@ -117,8 +114,10 @@ def sweep_shape(
         with torch.inference_mode():
             reference = layer(x).float()  # bitsandbytes' own product
             bnb_us = time_call(lambda x=x: layer(x), args.repeats)
-            chosen = tile_config(rows, out_features, in_features, blocksize)
-            pool = [*(candidates() if rows == args.full_rows else best_at_full), chosen]
+            chosen = choose_tiling(rows, out_features, in_features, blocksize, gpu_name(0))
+            pool = [*(candidates() if rows == args.full_rows else best_at_full)]
+            if chosen is not None:
+                pool.append(chosen)
             timed = []
             for config in dict.fromkeys(pool):  # in order, without repeats
                 if in_features % (blocksize * config.groups):
@@ -138,14 +137,17 @@ def sweep_shape(
         timed.sort(key=lambda item: item[0])
         if rows == args.full_rows:
             best_at_full = [config for _, config, _ in timed[: args.keep]]
-        chosen_us = next(us for us, config, _ in timed if config == chosen)
+        chosen_us = next((us for us, config, _ in timed if config == chosen), bnb_us)
+        fastest_us, fastest, _ = timed[0]
         result = {
             "in_features": in_features,
             "out_features": out_features,
+            "blocksize": blocksize,
             "rows": rows,
             "bitsandbytes_us": round(bnb_us, 2),
-            "chosen": describe(chosen),
+            "chosen": None if chosen is None else describe(chosen),
             "chosen_us": round(chosen_us, 2),
+            "fastest": describe(fastest) if fastest_us < bnb_us else None,
             "best": [
                 {**describe(config), "us": round(us, 2), "relative_error": round(error, 5)}
                 for us, config, error in timed[:5]
@@ -157,17 +159,59 @@ def sweep_shape(
     return results
 
 
+def write_table(path: str, gpu: str, results: Sequence[dict[str, Any]], command: str) -> None:
+    """Put this GPU's fastest tilings (or null: bitsandbytes) into the tuned table at
+    ``path``, keeping the other GPUs' entries: the file the serving path reads."""
+    from core.generation.nf4_triton import ROW_BUCKETS
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            table = json.load(handle)
+    except FileNotFoundError:
+        table = {}
+    gpus = dict(table.get("gpus", {}))
+    gpus[gpu] = [
+        {
+            "out_features": r["out_features"],
+            "in_features": r["in_features"],
+            "blocksize": r["blocksize"],
+            "rows": r["rows"],
+            "config": r["fastest"],
+            "us": r["best"][0]["us"],
+            "bitsandbytes_us": r["bitsandbytes_us"],
+        }
+        for r in results
+        if r["rows"] in ROW_BUCKETS
+    ]
+    table = {
+        "about": "Fastest fused-NF4 tilings per GPU, shape and row bucket (config null: "
+        "bitsandbytes was faster), written by: " + command,
+        "gpus": gpus,
+    }
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(table, handle, indent=1)
+        handle.write("\n")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.nf4_tiles",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    parser.add_argument("--rows", default="1,8,16,32,64", help="comma-separated row counts")
+    parser.add_argument(
+        "--rows", default="1,16,32,64", help="comma-separated row counts (the table's buckets)"
+    )
     parser.add_argument("--full-rows", type=int, default=32, help="rows of the full sweep")
     parser.add_argument("--keep", type=int, default=6, help="best candidates kept for others")
     parser.add_argument("--repeats", type=int, default=50, help="calls per timed graph")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write every result here")
+    parser.add_argument(
+        "--write-table",
+        metavar="PATH",
+        help="write this GPU's fastest tilings into the tuned table at PATH "
+        "(core/generation/nf4_tiles.json is the one the serving path reads)",
+    )
     args = parser.parse_args(argv)
     try:
         args.rows = [int(r) for r in args.rows.split(",") if r]
@@ -188,11 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for in_features, out_features in shapes:
         results.extend(sweep_shape(in_features, out_features, args.rows, args))
+    gpu = torch.cuda.get_device_name(0)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(
                 {
-                    "gpu": torch.cuda.get_device_name(0),
+                    "gpu": gpu,
                     "torch": torch.__version__,
                     "seconds": round(time.perf_counter() - started, 1),
                     "results": results,
@@ -200,6 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 handle,
                 indent=1,
             )
+    if args.write_table:
+        command = "python -m benchmarks.nf4_tiles " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
+        write_table(args.write_table, gpu, results, command)
     return 0
 
 

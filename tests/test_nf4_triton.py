@@ -30,9 +30,12 @@ from benchmarks.random_models import random_mistral
 from core.generation import nf4_triton
 from core.generation.nf4_triton import (
     FUSED_MAX_ROWS,
+    ROW_BUCKETS,
     FusedNF4Linear,
     TileConfig,
+    choose_tiling,
     nf4_matmul,
+    shipped_tables,
     tile_config,
     use_fused_nf4,
 )
@@ -86,8 +89,11 @@ def reference(layer: Any, x: Any) -> Any:
         (512, 96, 17, False, True, None),  # plain fp32 scales, a bias, two row tiles of 16
         (256, 64, 5, True, False, TileConfig(block_n=32, groups=2, split_k=2)),
         (192, 40, 2, True, True, TileConfig(block_n=32, groups=1, split_k=3)),  # ragged
-        (256, 64, 40, True, False, TileConfig(block_n=64, groups=4, split_k=1, even_odd=True)),
-        (512, 48, 1, True, True, TileConfig(block_n=32, groups=2, split_k=4, even_odd=True)),
+        (256, 64, 40, True, False, TileConfig(block_n=64, groups=4, split_k=1)),
+        (512, 48, 1, True, True, TileConfig(block_n=32, groups=2, split_k=4)),
+        # the codes read from the table in memory instead of a scaled table in registers
+        (256, 64, 5, True, False, TileConfig(32, 2, split_k=2, register_table=False)),
+        (192, 40, 33, False, True, TileConfig(32, 1, split_k=1, register_table=False)),
     ],
 )
 def test_the_fused_product_matches_bitsandbytes_dequantised_weights(
@@ -132,8 +138,8 @@ def test_layers_take_the_fused_path_for_few_rows_only() -> None:
     many = torch.randn(FUSED_MAX_ROWS + 1, 256)
     assert nf4_triton._fused_forward(layer, many) is None  # a prompt pass: bitsandbytes
     torch.testing.assert_close(layer(many), reference(layer, many), rtol=1e-4, atol=1e-4)
-    layer.train()
-    assert nf4_triton._fused_forward(layer, few) is None  # no backward pass in the kernel
+    training = few.clone().requires_grad_()
+    assert nf4_triton._fused_forward(layer, training) is None  # the kernel has no backward
 
 
 def test_a_model_on_the_fused_kernel_gives_bitsandbytes_logits_and_tokens() -> None:
@@ -161,9 +167,38 @@ def test_a_model_on_the_fused_kernel_gives_bitsandbytes_logits_and_tokens() -> N
     assert fused_tokens.tolist() == plain_tokens.tolist()
 
 
-def test_tilings_split_the_input_only_when_the_outputs_give_too_few_programs() -> None:
-    """The key/value projections of a 7B (1,024 features) get split-K; the MLP does not."""
-    assert tile_config(32, 1024, 4096, 64).split_k > 1
-    assert tile_config(32, 14336, 4096, 64).split_k == 1
+def test_the_rule_of_thumb_splits_the_input_where_the_outputs_give_few_programs() -> None:
+    """The key/value projections of a 7B (1,024 features) get more split-K than the MLP."""
+    assert tile_config(32, 1024, 4096, 64).split_k > tile_config(32, 14336, 4096, 64).split_k
     odd = tile_config(1, 40, 192, 64)  # 3 blocks a row: no group of 2 divides it
     assert odd.groups == 1 and 192 % (64 * odd.groups) == 0
+
+
+def test_a_tuned_table_picks_per_gpu_and_row_bucket_and_may_pick_bitsandbytes() -> None:
+    tuned = TileConfig(block_n=128, groups=1, split_k=8, num_warps=8, register_table=False)
+    entry = {"out_features": 1024, "in_features": 4096, "blocksize": 64}
+    tables: dict[str, list[dict[str, Any]]] = {
+        "GPU A": [
+            {**entry, "rows": 1, "config": None},  # bitsandbytes' one-row kernel won
+            {**entry, "rows": 16, "config": tuned.as_dict()},
+        ]
+    }
+    assert choose_tiling(1, 1024, 4096, 64, "GPU A", tables) is None
+    assert choose_tiling(2, 1024, 4096, 64, "GPU A", tables) == tuned  # 2..16 rows: bucket 16
+    assert choose_tiling(16, 1024, 4096, 64, "GPU A", tables) == tuned
+    rule = tile_config(17, 1024, 4096, 64)
+    assert choose_tiling(17, 1024, 4096, 64, "GPU A", tables) == rule  # bucket 32: not measured
+    assert choose_tiling(16, 1024, 4096, 64, "GPU B", tables) == tile_config(16, 1024, 4096, 64)
+    assert choose_tiling(16, 1024, 4096, 128, "GPU A", tables) == tile_config(16, 1024, 4096, 128)
+    assert choose_tiling(FUSED_MAX_ROWS + 1, 1024, 4096, 64, "GPU A", tables) is None
+
+
+def test_the_shipped_tuned_table_reads_and_every_tiling_in_it_builds() -> None:
+    tables = shipped_tables()
+    for gpu, entries in tables.items():
+        assert gpu and entries
+        for entry in entries:
+            assert entry["rows"] in ROW_BUCKETS
+            if entry["config"] is not None:
+                config = TileConfig(**entry["config"])
+                assert entry["in_features"] % (entry["blocksize"] * config.groups) == 0

@@ -23,12 +23,22 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 FUSED_MAX_ROWS = 64
-"""Rows up to which a layer runs this kernel; more rows (prompt passes) go to bitsandbytes."""
+"""Rows up to which a layer may run this kernel; more rows (prompt passes) go to bitsandbytes."""
+
+ROW_BUCKETS = (1, 16, 32, 64)
+"""Row counts a tuned table is measured at; a call takes the smallest bucket of at least its
+rows (the kernel pads rows to 16, 32 or 64, so 2 to 16 rows cost the same)."""
+
+TUNED_TABLE = "nf4_tiles.json"
+"""Tilings measured per GPU model by ``benchmarks/nf4_tiles.py --write-table``, shipped next
+to this module."""
 
 
 @dataclass(frozen=True)
@@ -38,16 +48,27 @@ class TileConfig:
     ``block_n`` output features per program, ``groups`` quantisation blocks of the input
     dimension per loop step, ``split_k`` programs sharing one output tile's input dimension
     (their partial sums are added by a second small kernel), plus Triton's warps and
-    pipeline stages; ``even_odd`` multiplies the high and low nibbles by the even and odd
-    inputs separately instead of interleaving them back into input order first.
+    pipeline stages. ``register_table`` looks the codes up in a table of the 16 NF4 values
+    already scaled for each output feature, held in registers (``tl.gather``: warp
+    shuffles); otherwise each code is read from the table in memory.
     """
 
     block_n: int
     groups: int
     split_k: int
     num_warps: int = 4
-    num_stages: int = 3
-    even_odd: bool = False
+    num_stages: int = 2
+    register_table: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "block_n": self.block_n,
+            "groups": self.groups,
+            "split_k": self.split_k,
+            "num_warps": self.num_warps,
+            "num_stages": self.num_stages,
+            "register_table": self.register_table,
+        }
 
 
 def triton_available() -> bool:
@@ -61,7 +82,7 @@ def interpreting() -> bool:
 
 
 def tile_config(rows: int, out_features: int, in_features: int, blocksize: int) -> TileConfig:
-    """The tiling for a product of ``rows`` x ``in_features`` by an NF4 weight.
+    """The tiling for a GPU without a tuned table: a rule of thumb, not a measurement.
 
     The goal is enough programs to keep every multiprocessor reading (an H200 has 132) with
     each program reading long runs of bytes: split the input dimension only when the output
@@ -75,10 +96,68 @@ def tile_config(rows: int, out_features: int, in_features: int, blocksize: int) 
     steps = in_features // (blocksize * groups)
     programs = -(-out_features // block_n)
     split_k = 1
-    while programs * split_k < 198 and split_k * 2 <= steps and split_k < 16:
+    while programs * split_k < 264 and split_k * 2 <= steps and split_k < 16:
         split_k *= 2
-    del rows  # one tiling for every row count up to FUSED_MAX_ROWS, until measured otherwise
+    del rows  # one tiling for every row count up to FUSED_MAX_ROWS
     return TileConfig(block_n=block_n, groups=groups, split_k=split_k)
+
+
+def row_bucket(rows: int) -> int:
+    """The tuned table's bucket for ``rows`` (at most :data:`FUSED_MAX_ROWS`)."""
+    return next(bucket for bucket in ROW_BUCKETS if rows <= bucket)
+
+
+def read_tuned_tables(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """GPU name -> measured entries, from a file ``benchmarks/nf4_tiles.py`` wrote.
+
+    Each entry is ``{"out_features", "in_features", "blocksize", "rows", "config"}`` with
+    ``config`` a :class:`TileConfig`'s fields, or null where bitsandbytes was faster.
+    """
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {str(gpu): list(entries) for gpu, entries in data.get("gpus", {}).items()}
+
+
+@functools.cache
+def shipped_tables() -> dict[str, list[dict[str, Any]]]:
+    """The tuned table shipped next to this module, read once."""
+    return read_tuned_tables(Path(__file__).with_name(TUNED_TABLE))
+
+
+def choose_tiling(
+    rows: int,
+    out_features: int,
+    in_features: int,
+    blocksize: int,
+    gpu: str | None,
+    tables: dict[str, list[dict[str, Any]]] | None = None,
+) -> TileConfig | None:
+    """The tiling for this product on this GPU, or None where bitsandbytes' path is faster.
+
+    A GPU model with a tuned table (``tables``, by default the shipped one) gets what was
+    measured fastest at the row bucket of ``rows``, which may be "bitsandbytes" (its one-row
+    kernel, for one, may win); shapes or GPUs not measured get :func:`tile_config`'s rule
+    of thumb for every call of few rows.
+    """
+    if rows > FUSED_MAX_ROWS:
+        return None
+    entries = (shipped_tables() if tables is None else tables).get(gpu or "", [])
+    bucket = row_bucket(rows)
+    for entry in entries:
+        key = (entry["out_features"], entry["in_features"], entry["blocksize"], entry["rows"])
+        if key == (out_features, in_features, blocksize, bucket):
+            config = entry["config"]
+            return None if config is None else TileConfig(**config)
+    return tile_config(rows, out_features, in_features, blocksize)
+
+
+@functools.cache
+def gpu_name(index: int) -> str:
+    """The CUDA device's model name, as the tuned table keys it (asked once per device)."""
+    import torch
+
+    return str(torch.cuda.get_device_name(index))
 
 
 @functools.cache
@@ -102,6 +181,7 @@ def _kernels() -> tuple[Any, Any]:
         rows,
         out_features,
         in_features,
+        packed_row,
         stride_x,
         stride_out,
         split_k,
@@ -113,64 +193,56 @@ def _kernels() -> tuple[Any, Any]:
         NESTED_BLOCK: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         PARTIAL: tl.constexpr,
-        EVEN_ODD: tl.constexpr,
+        REGISTER_TABLE: tl.constexpr,
     ) -> None:
+        # Each inner step takes one quantisation block of the input dimension, so its scale
+        # is one number per output feature and nothing needs reshaping: reshapes and
+        # interleaves of the weight tile cost an earlier version all its registers (spills,
+        # ~10x slower than bitsandbytes). Two codes a byte, the high nibble first, in the
+        # row-major order of the (out_features, in_features) weight (bitsandbytes' packing):
+        # the high nibbles meet the even inputs and the low ones the odd, in two products.
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         pid_m = tl.program_id(2)
-        STEP: tl.constexpr = GROUPS * QBLOCK
+        HALF: tl.constexpr = QBLOCK // 2
         row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = row < rows
         col_ok = col < out_features
-        byte = tl.arange(0, STEP // 2)
-        k = tl.arange(0, STEP)
-        group = tl.arange(0, GROUPS)
+        byte = tl.arange(0, HALF)
         blocks_per_row = in_features // QBLOCK
+        w_tile = w_ptr + col[None, :].to(tl.int64) * packed_row + byte[:, None]
+        x_tile = x_ptr + row[:, None] * stride_x + tl.arange(0, QBLOCK)[None, :]
+        scale_at = col * blocks_per_row
+        if NESTED:
+            offset = tl.load(nested_offset_ptr)
+        codes = tl.load(code_ptr + tl.arange(0, 16))
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for step in range(pid_k, in_features // STEP, split_k):
-            # Two codes a byte, the high nibble first, in the row-major order of the
-            # (out_features, in_features) weight: bitsandbytes' packing.
-            packed = tl.load(
-                w_ptr + col[:, None] * (in_features // 2) + step * (STEP // 2) + byte[None, :],
-                mask=col_ok[:, None],
-                other=0,
-            )
-            high = tl.load(code_ptr + (packed >> 4).to(tl.int32))  # (BLOCK_N, STEP // 2)
-            low = tl.load(code_ptr + (packed & 15).to(tl.int32))
-            block = col[:, None] * blocks_per_row + step * GROUPS + group[None, :]
-            if NESTED:  # the block scales are themselves 8-bit, in blocks of NESTED_BLOCK
-                quantised = tl.load(absmax_ptr + block, mask=col_ok[:, None], other=0)
-                scale = tl.load(nested_code_ptr + quantised.to(tl.int32)) * tl.load(
-                    nested_absmax_ptr + block // NESTED_BLOCK, mask=col_ok[:, None]
-                ) + tl.load(
-                    nested_offset_ptr
-                )  # bitsandbytes' dequantize_blockwise, then its offset
-            else:
-                scale = tl.load(absmax_ptr + block, mask=col_ok[:, None], other=0.0)
-            x_row = x_ptr + row[:, None] * stride_x + step * STEP
-            if EVEN_ODD:  # high nibbles meet the even inputs, low ones the odd: no shuffle
-                half: tl.constexpr = QBLOCK // 2
-                high = tl.reshape(
-                    tl.reshape(high, (BLOCK_N, GROUPS, half)) * scale[:, :, None],
-                    (BLOCK_N, STEP // 2),
-                )
-                low = tl.reshape(
-                    tl.reshape(low, (BLOCK_N, GROUPS, half)) * scale[:, :, None],
-                    (BLOCK_N, STEP // 2),
-                )
-                x_even = tl.load(x_row + 2 * byte[None, :], mask=row_ok[:, None], other=0.0)
-                x_odd = tl.load(x_row + 2 * byte[None, :] + 1, mask=row_ok[:, None], other=0.0)
-                acc += tl.dot(x_even, tl.trans(high.to(x_even.dtype)))
-                acc += tl.dot(x_odd, tl.trans(low.to(x_odd.dtype)))
-            else:  # interleave back into input order, then one product
-                weight = tl.reshape(
-                    tl.reshape(tl.interleave(high, low), (BLOCK_N, GROUPS, QBLOCK))
-                    * scale[:, :, None],
-                    (BLOCK_N, STEP),
-                )
-                x = tl.load(x_row + k[None, :], mask=row_ok[:, None], other=0.0)
-                acc += tl.dot(x, tl.trans(weight.to(x.dtype)))
+        for step in range(pid_k, blocks_per_row // GROUPS, split_k):
+            for group in tl.static_range(GROUPS):
+                block = step * GROUPS + group
+                packed = tl.load(w_tile + block * HALF, mask=col_ok[None, :], other=0)
+                if NESTED:  # 8-bit block scales in blocks of their own: dequantize_blockwise
+                    quantised = tl.load(absmax_ptr + scale_at + block, mask=col_ok, other=0)
+                    nested_at = (scale_at + block) // NESTED_BLOCK
+                    scale = (
+                        tl.load(nested_code_ptr + quantised.to(tl.int32))
+                        * tl.load(nested_absmax_ptr + nested_at, mask=col_ok)
+                        + offset
+                    )
+                else:
+                    scale = tl.load(absmax_ptr + scale_at + block, mask=col_ok, other=0.0)
+                if REGISTER_TABLE:  # 16 values a feature, scaled once, then gathered
+                    table = (codes[:, None] * scale[None, :]).to(x_ptr.dtype.element_ty)
+                    high = tl.gather(table, (packed >> 4).to(tl.int32), 0)
+                    low = tl.gather(table, (packed & 15).to(tl.int32), 0)
+                else:
+                    high = tl.load(code_ptr + (packed >> 4).to(tl.int32)) * scale[None, :]
+                    low = tl.load(code_ptr + (packed & 15).to(tl.int32)) * scale[None, :]
+                x = tl.load(x_tile + block * QBLOCK, mask=row_ok[:, None], other=0.0)
+                x_even, x_odd = tl.split(tl.reshape(x, (BLOCK_M, HALF, 2)))
+                acc += tl.dot(x_even, high.to(x_even.dtype))
+                acc += tl.dot(x_odd, low.to(x_odd.dtype))
         out_mask = row_ok[:, None] & col_ok[None, :]
         if PARTIAL:  # this program's share of the input dimension, summed by reduce_kernel
             target = out_ptr + pid_k * rows * out_features
@@ -278,6 +350,7 @@ def nf4_matmul(x: Any, weight: Any, bias: Any = None, config: TileConfig | None 
         rows,
         out_features,
         in_features,
+        in_features // 2,  # an argument of its own, so Triton sees its divisibility
         x2.stride(0),
         out.stride(0),
         config.split_k,
@@ -289,7 +362,7 @@ def nf4_matmul(x: Any, weight: Any, bias: Any = None, config: TileConfig | None 
         NESTED_BLOCK=nested_block,
         HAS_BIAS=has_bias,
         PARTIAL=partial,
-        EVEN_ODD=config.even_odd,
+        REGISTER_TABLE=config.register_table,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -311,17 +384,22 @@ def nf4_matmul(x: Any, weight: Any, bias: Any = None, config: TileConfig | None 
 
 def _fused_forward(layer: Any, x: Any) -> Any | None:
     """The fused product for this call, or None where bitsandbytes' own path should run."""
-    if not (x.is_cuda or interpreting()) or layer.training:
+    if not (x.is_cuda or interpreting()) or x.requires_grad:
+        return None  # the kernel has no backward pass: training keeps bitsandbytes
+    rows = x.numel() // max(1, x.shape[-1])
+    if rows > FUSED_MAX_ROWS or not supports(layer.weight):
         return None
-    if x.numel() // max(1, x.shape[-1]) > FUSED_MAX_ROWS or x.requires_grad:
-        return None  # prompt passes, and training (the kernel has no backward pass)
-    if not supports(layer.weight):
+    state = layer.weight.quant_state
+    out_features, in_features = (int(size) for size in state.shape)
+    gpu = gpu_name(x.device.index or 0) if x.is_cuda else None
+    config = choose_tiling(rows, out_features, in_features, int(state.blocksize), gpu)
+    if config is None:
         return None
     compute = layer.compute_dtype or x.dtype
     bias = layer.bias
     if bias is not None and bias.dtype != compute:
         bias = bias.to(compute)
-    return nf4_matmul(x.to(compute), layer.weight, bias).to(x.dtype)
+    return nf4_matmul(x.to(compute), layer.weight, bias, config).to(x.dtype)
 
 
 def use_fused_nf4(model: Any) -> int:
