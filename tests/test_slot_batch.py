@@ -215,6 +215,35 @@ def test_cuda_graph_replay_gives_the_eager_tokens(quantization: Quantization) ->
 
 
 @cuda
+def test_cuda_fused_nf4_steps_give_bitsandbytes_logits() -> None:
+    """Decode steps on the fused Triton NF4 kernel (PERSONABOT_NF4_KERNEL=triton), captured
+    in graphs, against bitsandbytes' own kernels on the same weights: both are fed the
+    bitsandbytes run's tokens and their logits compared (the two sum in different orders,
+    so greedy tokens may part at a near tie; a wrong nibble or scale is off by the range)."""
+    from core.generation.nf4_triton import FusedNF4Linear
+    from core.generation.quantization import quantize
+
+    def model(kernel: Any) -> Any:
+        torch.manual_seed(0)
+        built = small_mistral(hidden=256, layers=2, intermediate=512, vocab=320)
+        quantize(built, "nf4", "cuda", nf4_kernel=kernel)
+        return built.to("cuda").eval()
+
+    fused, plain = model("triton"), model("bitsandbytes")
+    assert any(isinstance(m, FusedNF4Linear) for m in fused.modules())
+    assert not any(isinstance(m, FusedNF4Linear) for m in plain.modules())
+    inputs = prompts(5, seed=10)
+    forced = _greedy_rows(plain, SlotBatch(8, 256, 320, 0, graphs=False), inputs, 24)
+    seen: dict[str, list[Any]] = {"fused": [], "plain": []}
+    for name, built in (("fused", fused), ("plain", plain)):
+        batch = SlotBatch(8, 256, 320, 0, graphs=True)
+        _greedy_rows(built, batch, inputs, 24, forced=forced, logits_seen=seen[name])
+        assert batch.captures > 0
+    for got, expected in zip(seen["fused"], seen["plain"], strict=True):
+        assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
+
+
+@cuda
 def test_cuda_prepare_captures_every_bucket_once() -> None:
     model = small_mistral(hidden=64, layers=1, intermediate=128, vocab=300).to("cuda").eval()
     batch = SlotBatch(4, 300, 300, 0, graphs=True)
