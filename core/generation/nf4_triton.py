@@ -13,7 +13,10 @@ memory use, adapters merged at load and pre-quantised checkpoints stay as they a
 and torchao's tinygemm, the libraries tried first, need formats of their own and did not
 beat bitsandbytes at 32 rows. Layers switch kernels per call by row count
 (:data:`FUSED_MAX_ROWS`): prompt passes of hundreds of rows keep bitsandbytes' path, where
-one bf16 product of many rows pays for the dequantisation.
+one bf16 product of many rows pays for the dequantisation. On an H200 the seven projections
+of a 32-row step at Mistral-7B's shapes take 6.8 ms for 32 layers here against 11.5 ms in
+bitsandbytes; at one row bitsandbytes' own fused kernel is faster and keeps the call
+(:func:`choose_tiling` reads which from the measured table, ``nf4_tiles.json``).
 
 The kernel also runs in Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors, fp16 or
 fp32: numpy has no bf16), which is how the tests check it against bitsandbytes on a CPU.
