@@ -1,8 +1,8 @@
 """Which tiling of the fused NF4 kernel is fastest, per Mistral-7B projection shape and row count.
 
 Why: the fused kernel's speed depends on its tiling (output features per program,
-quantisation blocks per loop step, split of the input dimension, warps, where the code
-table sits), and the best one differs by shape, row count and GPU; this sweep measures them
+quantisation blocks per loop step, split of the input dimension, warps, pipeline stages),
+and the best one differs by shape, row count and GPU; this sweep measures them
 and, with ``--write-table``, writes the fastest per shape and row bucket (or "bitsandbytes"
 where that is faster) into the tuned table that
 :func:`core.generation.nf4_triton.choose_tiling` reads. Each candidate multiplies random
@@ -35,9 +35,8 @@ GROUPS = (1, 2, 4)
 SPLIT_K = (1, 2, 4, 8, 16)
 WARPS = (4, 8)
 STAGES = (2, 3)
-REGISTER_TABLE = (True,)
-"""The codes' table in memory (``register_table=False``) and 32 features a program lost
-every shape and row count of the first sweep (docs/benchmarks.md), so they are left out."""
+"""32 features a program lost at every shape and row count of the first sweep
+(docs/benchmarks.md), so it is left out."""
 
 
 def build_weight(in_features: int, out_features: int, seed: int) -> Any:
@@ -88,15 +87,9 @@ def candidates() -> list[Any]:
     from core.generation.nf4_triton import TileConfig
 
     return [
-        TileConfig(block_n=n, groups=g, split_k=k, num_warps=w, num_stages=st, register_table=r)
-        for n, g, k, w, st, r in itertools.product(
-            BLOCK_N, GROUPS, SPLIT_K, WARPS, STAGES, REGISTER_TABLE
-        )
+        TileConfig(block_n=n, groups=g, split_k=k, num_warps=w, num_stages=st)
+        for n, g, k, w, st in itertools.product(BLOCK_N, GROUPS, SPLIT_K, WARPS, STAGES)
     ]
-
-
-def describe(config: Any) -> dict[str, Any]:
-    return dict(config.as_dict())
 
 
 def sweep_shape(
@@ -136,7 +129,7 @@ def sweep_shape(
                         lambda x=x, c=config: nf4_matmul(x, weight, None, c), args.repeats
                     )
                 except Exception as exc:  # a tiling Triton cannot build: say so, go on
-                    print(json.dumps({"failed": describe(config), "error": repr(exc)[:300]}))
+                    print(json.dumps({"failed": config.as_dict(), "error": repr(exc)[:300]}))
                     continue
                 timed.append((us, config, error))
         timed.sort(key=lambda item: item[0])
@@ -150,11 +143,11 @@ def sweep_shape(
             "blocksize": blocksize,
             "rows": rows,
             "bitsandbytes_us": round(bnb_us, 2),
-            "chosen": None if chosen is None else describe(chosen),
+            "chosen": None if chosen is None else chosen.as_dict(),
             "chosen_us": round(chosen_us, 2),
-            "fastest": describe(fastest) if fastest_us < bnb_us else None,
+            "fastest": fastest.as_dict() if fastest_us < bnb_us else None,
             "best": [
-                {**describe(config), "us": round(us, 2), "relative_error": round(error, 5)}
+                {**config.as_dict(), "us": round(us, 2), "relative_error": round(error, 5)}
                 for us, config, error in timed[:5]
             ],
             "max_relative_error": round(max(error for _, _, error in timed), 5),
@@ -229,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
+    from core.generation.nf4_triton import gpu_name
+
     if not torch.cuda.is_available():
         print("nf4_tiles needs a CUDA GPU; torch sees none.", file=sys.stderr)
         return 2
@@ -237,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for in_features, out_features in shapes:
         results.extend(sweep_shape(in_features, out_features, args.rows, args))
-    gpu = torch.cuda.get_device_name(0)
+    gpu = gpu_name(0)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(

@@ -34,6 +34,7 @@ from core.generation.nf4_triton import (
     FusedNF4Linear,
     TileConfig,
     choose_tiling,
+    index_tables,
     nf4_matmul,
     shipped_tables,
     tile_config,
@@ -91,9 +92,7 @@ def reference(layer: Any, x: Any) -> Any:
         (192, 40, 2, True, True, TileConfig(block_n=32, groups=1, split_k=3)),  # ragged
         (256, 64, 40, True, False, TileConfig(block_n=64, groups=4, split_k=1)),
         (512, 48, 1, True, True, TileConfig(block_n=32, groups=2, split_k=4)),
-        # the codes read from the table in memory instead of a scaled table in registers
-        (256, 64, 5, True, False, TileConfig(32, 2, split_k=2, register_table=False)),
-        (192, 40, 33, False, True, TileConfig(32, 1, split_k=1, register_table=False)),
+        (192, 40, 33, False, True, TileConfig(block_n=32, groups=1, split_k=1)),  # 3 row tiles
     ],
 )
 def test_the_fused_product_matches_bitsandbytes_dequantised_weights(
@@ -175,14 +174,18 @@ def test_the_rule_of_thumb_splits_the_input_where_the_outputs_give_few_programs(
 
 
 def test_a_tuned_table_picks_per_gpu_and_row_bucket_and_may_pick_bitsandbytes() -> None:
-    tuned = TileConfig(block_n=128, groups=1, split_k=8, num_warps=8, register_table=False)
+    tuned = TileConfig(block_n=128, groups=1, split_k=8, num_warps=8, num_stages=3)
     entry = {"out_features": 1024, "in_features": 4096, "blocksize": 64}
-    tables: dict[str, list[dict[str, Any]]] = {
-        "GPU A": [
-            {**entry, "rows": 1, "config": None},  # bitsandbytes' one-row kernel won
-            {**entry, "rows": 16, "config": tuned.as_dict()},
-        ]
-    }
+    tables = index_tables(
+        {
+            "gpus": {
+                "GPU A": [
+                    {**entry, "rows": 1, "config": None},  # bitsandbytes' one-row kernel won
+                    {**entry, "rows": 16, "config": tuned.as_dict()},
+                ]
+            }
+        }
+    )
     assert choose_tiling(1, 1024, 4096, 64, "GPU A", tables) is None
     assert choose_tiling(2, 1024, 4096, 64, "GPU A", tables) == tuned  # 2..16 rows: bucket 16
     assert choose_tiling(16, 1024, 4096, 64, "GPU A", tables) == tuned
@@ -194,11 +197,12 @@ def test_a_tuned_table_picks_per_gpu_and_row_bucket_and_may_pick_bitsandbytes() 
 
 
 def test_the_shipped_tuned_table_reads_and_every_tiling_in_it_builds() -> None:
+    """Reading builds every entry's TileConfig, so a stale field fails here."""
     tables = shipped_tables()
-    for gpu, entries in tables.items():
-        assert gpu and entries
-        for entry in entries:
-            assert entry["rows"] in ROW_BUCKETS
-            if entry["config"] is not None:
-                config = TileConfig(**entry["config"])
-                assert entry["in_features"] % (entry["blocksize"] * config.groups) == 0
+    assert tables, "core/generation/nf4_tiles.json holds no GPU"
+    for gpu, measured in tables.items():
+        assert gpu and measured
+        for (_, in_features, blocksize, rows), config in measured.items():
+            assert rows in ROW_BUCKETS
+            if config is not None:
+                assert in_features % (blocksize * config.groups) == 0

@@ -51,9 +51,7 @@ class TileConfig:
     ``block_n`` output features per program, ``groups`` quantisation blocks of the input
     dimension per loop step, ``split_k`` programs sharing one output tile's input dimension
     (their partial sums are added by a second small kernel), plus Triton's warps and
-    pipeline stages. ``register_table`` looks the codes up in a table of the 16 NF4 values
-    already scaled for each output feature, held in registers (``tl.gather``: warp
-    shuffles); otherwise each code is read from the table in memory.
+    pipeline stages.
     """
 
     block_n: int
@@ -61,7 +59,6 @@ class TileConfig:
     split_k: int
     num_warps: int = 4
     num_stages: int = 2
-    register_table: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,7 +67,6 @@ class TileConfig:
             "split_k": self.split_k,
             "num_warps": self.num_warps,
             "num_stages": self.num_stages,
-            "register_table": self.register_table,
         }
 
 
@@ -110,20 +106,40 @@ def row_bucket(rows: int) -> int:
     return next(bucket for bucket in ROW_BUCKETS if rows <= bucket)
 
 
-def read_tuned_tables(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """GPU name -> measured entries, from a file ``benchmarks/nf4_tiles.py`` wrote.
+TableKey = tuple[int, int, int, int]
+"""(out_features, in_features, blocksize, row bucket) of one measured product."""
 
-    Each entry is ``{"out_features", "in_features", "blocksize", "rows", "config"}`` with
-    ``config`` a :class:`TileConfig`'s fields, or null where bitsandbytes was faster.
+TunedTables = dict[str, dict[TableKey, TileConfig | None]]
+"""GPU name -> measured products -> fastest tiling, None where bitsandbytes was faster."""
+
+
+def index_tables(data: dict[str, Any]) -> TunedTables:
+    """The JSON a tile sweep writes, keyed for lookups (and checked: a field that is not a
+    :class:`TileConfig`'s fails here, when the file is read, not at a decode step).
+
+    Each of its entries is ``{"out_features", "in_features", "blocksize", "rows",
+    "config"}`` with ``config`` a :class:`TileConfig`'s fields, or null.
     """
+    return {
+        str(gpu): {
+            (e["out_features"], e["in_features"], e["blocksize"], e["rows"]): (
+                None if e["config"] is None else TileConfig(**e["config"])
+            )
+            for e in entries
+        }
+        for gpu, entries in data.get("gpus", {}).items()
+    }
+
+
+def read_tuned_tables(path: Path) -> TunedTables:
+    """The tuned tables in the file at ``path`` (none if there is no file)."""
     if not path.exists():
         return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return {str(gpu): list(entries) for gpu, entries in data.get("gpus", {}).items()}
+    return index_tables(json.loads(path.read_text(encoding="utf-8")))
 
 
 @functools.cache
-def shipped_tables() -> dict[str, list[dict[str, Any]]]:
+def shipped_tables() -> TunedTables:
     """The tuned table shipped next to this module, read once."""
     return read_tuned_tables(Path(__file__).with_name(TUNED_TABLE))
 
@@ -134,7 +150,7 @@ def choose_tiling(
     in_features: int,
     blocksize: int,
     gpu: str | None,
-    tables: dict[str, list[dict[str, Any]]] | None = None,
+    tables: TunedTables | None = None,
 ) -> TileConfig | None:
     """The tiling for this product on this GPU, or None where bitsandbytes' path is faster.
 
@@ -145,13 +161,10 @@ def choose_tiling(
     """
     if rows > FUSED_MAX_ROWS:
         return None
-    entries = (shipped_tables() if tables is None else tables).get(gpu or "", [])
-    bucket = row_bucket(rows)
-    for entry in entries:
-        key = (entry["out_features"], entry["in_features"], entry["blocksize"], entry["rows"])
-        if key == (out_features, in_features, blocksize, bucket):
-            config = entry["config"]
-            return None if config is None else TileConfig(**config)
+    measured = (shipped_tables() if tables is None else tables).get(gpu or "", {})
+    key = (out_features, in_features, blocksize, row_bucket(rows))
+    if key in measured:
+        return measured[key]
     return tile_config(rows, out_features, in_features, blocksize)
 
 
@@ -196,7 +209,6 @@ def _kernels() -> tuple[Any, Any]:
         NESTED_BLOCK: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         PARTIAL: tl.constexpr,
-        REGISTER_TABLE: tl.constexpr,
     ) -> None:
         # Each inner step takes one quantisation block of the input dimension, so its scale
         # is one number per output feature and nothing needs reshaping: reshapes and
@@ -235,13 +247,12 @@ def _kernels() -> tuple[Any, Any]:
                     )
                 else:
                     scale = tl.load(absmax_ptr + scale_at + block, mask=col_ok, other=0.0)
-                if REGISTER_TABLE:  # 16 values a feature, scaled once, then gathered
-                    table = (codes[:, None] * scale[None, :]).to(x_ptr.dtype.element_ty)
-                    high = tl.gather(table, (packed >> 4).to(tl.int32), 0)
-                    low = tl.gather(table, (packed & 15).to(tl.int32), 0)
-                else:
-                    high = tl.load(code_ptr + (packed >> 4).to(tl.int32)) * scale[None, :]
-                    low = tl.load(code_ptr + (packed & 15).to(tl.int32)) * scale[None, :]
+                # The 16 NF4 values scaled once for each feature, then looked up in
+                # registers (tl.gather: warp shuffles); one load a code from the table in
+                # memory measured slower at every shape (docs/benchmarks.md).
+                table = (codes[:, None] * scale[None, :]).to(x_ptr.dtype.element_ty)
+                high = tl.gather(table, (packed >> 4).to(tl.int32), 0)
+                low = tl.gather(table, (packed & 15).to(tl.int32), 0)
                 x = tl.load(x_tile + block * QBLOCK, mask=row_ok[:, None], other=0.0)
                 x_even, x_odd = tl.split(tl.reshape(x, (BLOCK_M, HALF, 2)))
                 acc += tl.dot(x_even, high.to(x_even.dtype))
@@ -365,7 +376,6 @@ def nf4_matmul(x: Any, weight: Any, bias: Any = None, config: TileConfig | None 
         NESTED_BLOCK=nested_block,
         HAS_BIAS=has_bias,
         PARTIAL=partial,
-        REGISTER_TABLE=config.register_table,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
