@@ -22,8 +22,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("Triton compiles for the GPU here; see the docstring", allow_module_level=True)
 
 import torch
-from bitsandbytes.functional import dequantize_4bit
-from bitsandbytes.nn.modules import Linear4bit, Params4bit
+from bitsandbytes.nn.modules import Linear4bit
 
 from benchmarks.decode_speed import TINY_DIMS
 from benchmarks.random_models import random_mistral
@@ -40,45 +39,18 @@ from core.generation.nf4_triton import (
     tile_config,
     use_fused_nf4,
 )
-from core.generation.quantization import quantize_nf4
+from core.generation.quantization import keep_standard_nf4_layout, packed_for_cpu, quantize_nf4
+from tests.nf4_layers import (
+    cpu_has_avx512_bf16,
+    dense_weight,
+    nf4_layer,
+    repack_as_on_an_avx512_bf16_cpu,
+)
 
 
-def nf4_layer(
-    in_features: int,
-    out_features: int,
-    *,
-    nested: bool = True,
-    bias: bool = False,
-    dtype: Any = torch.float32,
-    seed: int = 0,
-) -> Any:
-    """A bitsandbytes NF4 layer of random weights, quantised on the CPU as the loader does."""
-    torch.manual_seed(seed)
-    layer = Linear4bit(  # type: ignore[no-untyped-call]
-        in_features,
-        out_features,
-        bias=bias,
-        compute_dtype=dtype,
-        compress_statistics=nested,
-        quant_type="nf4",
-        device="meta",
-    )
-    weight: Any = Params4bit(
-        torch.randn(out_features, in_features),
-        requires_grad=False,
-        compress_statistics=nested,
-        quant_type="nf4",
-        module=layer,
-    )
-    layer.weight = weight.to("cpu")
-    if bias:
-        layer.bias = torch.nn.Parameter(torch.randn(out_features).to(dtype), requires_grad=False)
-    return layer.eval()
-
-
-def reference(layer: Any, x: Any) -> Any:
-    """bitsandbytes' dequantised weight times ``x`` in fp32 (plus the bias)."""
-    weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+def reference(layer: Any, x: Any, weight: Any = None) -> Any:
+    """bitsandbytes' dequantised weight (or ``weight``, taken earlier) times ``x`` in fp32."""
+    weight = dense_weight(layer) if weight is None else weight
     out = x.float() @ weight.T
     return out if layer.bias is None else out + layer.bias.float()
 
@@ -125,20 +97,55 @@ def test_a_mismatched_input_width_is_refused() -> None:
         nf4_matmul(torch.randn(2, 128), layer.weight)
 
 
-def test_layers_take_the_fused_path_for_few_rows_only() -> None:
+BF16_RTOL = 1.6e-2
+"""bitsandbytes' AVX512-BF16 CPU kernel computes in bf16 (8 significant bits) whatever the
+layer's compute dtype: its products are checked to bf16's precision."""
+
+
+@pytest.mark.parametrize("cpu_path", ["usual", "avx512-bf16"])
+def test_layers_take_the_fused_path_for_few_rows_only(cpu_path: str) -> None:
+    """Few rows take the fused kernel, many take bitsandbytes, on either of its CPU paths.
+
+    The path is forced: the usual one on any machine, the AVX512-BF16 one (whose kernel needs
+    the instructions) where the CPU has them.
+    """
+    packing = cpu_path == "avx512-bf16"
+    if packing and not cpu_has_avx512_bf16():
+        pytest.skip("bitsandbytes' AVX512-BF16 kernel needs a CPU with AVX512-BF16")
     layer = nf4_layer(256, 64, bias=True)
+    layer.support_avx512bf16_for_cpu = packing
+    weight = dense_weight(layer)  # before bitsandbytes' first pass may repack the weight
     assert use_fused_nf4(torch.nn.Sequential(layer)) == 1
     assert isinstance(layer, FusedNF4Linear) and isinstance(layer, Linear4bit)
     few = torch.randn(4, 256)
     fused = nf4_triton._fused_forward(layer, few)
     assert fused is not None
-    torch.testing.assert_close(fused, reference(layer, few), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused, reference(layer, few, weight), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(layer(few), fused)
     many = torch.randn(FUSED_MAX_ROWS + 1, 256)
     assert nf4_triton._fused_forward(layer, many) is None  # a prompt pass: bitsandbytes
-    torch.testing.assert_close(layer(many), reference(layer, many), rtol=1e-4, atol=1e-4)
+    expected = reference(layer, many, weight)
+    out = layer(many)
+    assert packed_for_cpu(layer.weight) == packing
+    if packing:
+        atol = BF16_RTOL * float(expected.abs().max())
+        torch.testing.assert_close(out, expected, rtol=BF16_RTOL, atol=atol)
+        assert nf4_triton._fused_forward(layer, few) is None  # the packed layout: bitsandbytes
+    else:
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     training = few.clone().requires_grad_()
     assert nf4_triton._fused_forward(layer, training) is None  # the kernel has no backward
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_a_weight_in_the_avx512_bf16_cpu_layout_is_left_to_bitsandbytes(nested: bool) -> None:
+    """The fused kernel reads only the usual layout; the packed one is bitsandbytes' own."""
+    layer = nf4_layer(256, 64, nested=nested)
+    assert nf4_triton.supports(layer.weight)
+    use_fused_nf4(torch.nn.Sequential(layer))
+    repack_as_on_an_avx512_bf16_cpu(layer)
+    assert packed_for_cpu(layer.weight) and not nf4_triton.supports(layer.weight)
+    assert nf4_triton._fused_forward(layer, torch.randn(4, 256)) is None
 
 
 def test_a_model_on_the_fused_kernel_gives_bitsandbytes_logits_and_tokens() -> None:
@@ -151,6 +158,8 @@ def test_a_model_on_the_fused_kernel_gives_bitsandbytes_logits_and_tokens() -> N
         for module in built.modules():
             if isinstance(module, Linear4bit):
                 module.compute_dtype = torch.float32  # the interpreter has no bf16
+        # bitsandbytes' usual path on every CPU, as on a GPU: its AVX512-BF16 one is bf16.
+        keep_standard_nf4_layout(built)
         return built.eval()
 
     fused, plain = model(), model()

@@ -323,3 +323,36 @@ async def test_trained_adapter_serves_in_the_engine_and_evaluates(
     assert all(v["requests"] == 2 for v in report["per_persona_voice"].values())
     assert 0.0 <= report["persona_voice_rate"] <= 1.0
     assert json.loads((tmp_path / "eval.json").read_text()) == report
+
+
+def test_qlora_on_an_avx512_bf16_cpu_trains_the_usual_layout(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bitsandbytes' decision forced to "this CPU has AVX512-BF16", whatever the machine.
+
+    Its repacked layout has no backward pass and its kernel needs the CPU feature; the
+    evaluation before training would repack every 4-bit layer if training let it.
+    """
+    from bitsandbytes.nn.modules import Linear4bit
+
+    from core.generation.quantization import packed_for_cpu
+
+    monkeypatch.setattr("bitsandbytes.nn.modules.has_avx512bf16", lambda: True)
+    created: list[Any] = []
+    usual_init: Any = Linear4bit.__init__
+
+    def remember(self: Any, *args: Any, **kwargs: Any) -> None:
+        usual_init(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(Linear4bit, "__init__", remember)
+    data = write_split(tmp_path / "dd", "train").parent
+    write_split(tmp_path / "dd", "validation")
+    config = tiny_config(data, tmp_path / "adapter", tiny_model, eval_data=None, max_steps=15)
+    metrics = train_lm(config)
+
+    assert created and all(layer.support_avx512bf16_for_cpu is False for layer in created)
+    assert not any(packed_for_cpu(layer.weight) for layer in created)
+    assert [e["step"] for e in metrics["eval"]] == [0, 15]
+    losses = [record["loss"] for record in metrics["train_loss"]]
+    assert losses[-1] < losses[0], losses

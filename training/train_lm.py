@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.generation.quantization import keep_standard_nf4_layout
 from training.sft_data import (
     ChatExample,
     ChatFormatter,
@@ -255,6 +256,7 @@ def load_for_training(source: str | Path, *, load_in_4bit: bool, device: str) ->
         ) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    keep_standard_nf4_layout(model)  # training reads and differentiates the usual layout
     return model, tokenizer
 
 
@@ -292,12 +294,9 @@ def apply_lora(
     if missing:
         log.warning("LoRA targets not in this model, ignored: %s", ", ".join(missing))
     checkpointing = {"use_reentrant": False}
-    for module in model.modules():
-        # On a CPU, bitsandbytes repacks 4-bit weights for a faster inference kernel the first
-        # time a layer runs in eval mode (e.g. the evaluation before training), and that kernel
-        # has no backward: gradients would silently stop flowing through the frozen layers.
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+    # Before the evaluation that precedes training: bitsandbytes' AVX512-BF16 CPU kernel
+    # has no backward, so repacked layers would silently stop the gradients.
+    keep_standard_nf4_layout(model)
     if quantized:
         model = prepare_model_for_kbit_training(
             model,

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.generation.quantization import packed_for_cpu
+
 FUSED_MAX_ROWS = 64
 """Rows up to which a layer may run this kernel; more rows (prompt passes) go to bitsandbytes."""
 
@@ -296,8 +298,8 @@ def _kernels() -> tuple[Any, Any]:
 def supports(weight: Any) -> bool:
     """Whether the kernel reads this ``Params4bit``'s layout (bitsandbytes' usual one)."""
     state = getattr(weight, "quant_state", None)
-    if state is None or getattr(state, "packing_format_for_cpu", False):
-        return False  # bitsandbytes repacks weights for AVX-512 CPUs in a layout of its own
+    if state is None or packed_for_cpu(weight):
+        return False  # bitsandbytes' AVX512-BF16 CPU layout: its own kernel reads it
     if weight.dtype.itemsize != 1 or len(state.shape) != 2:
         return False
     blocksize = int(state.blocksize)

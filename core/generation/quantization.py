@@ -260,6 +260,49 @@ def quantize_gemlite(
     return replaced
 
 
+def packed_for_cpu(weight: Any) -> bool:
+    """Whether bitsandbytes has repacked this 4-bit weight into its AVX512-BF16 CPU layout.
+
+    On a CPU with AVX512-BF16, bitsandbytes repacks a ``Linear4bit``'s weight in place at the
+    layer's first forward pass without gradients, and from then on computes that layer in
+    bf16 whatever its compute dtype. The packed bytes are no longer bitsandbytes' usual NF4
+    layout: ``dequantize_4bit``, peft's merge and the fused kernel would read them as garbage.
+    """
+    state = getattr(weight, "quant_state", None)
+    return bool(getattr(state, "packing_format_for_cpu", False))
+
+
+def keep_standard_nf4_layout(model: Any) -> int:
+    """Keep ``model``'s bitsandbytes 4-bit layers in bitsandbytes' usual layout on CPUs.
+
+    Training needs it: the AVX512-BF16 kernel (:func:`packed_for_cpu`) has no backward pass,
+    so gradients would stop flowing through a repacked layer, and anything that reads the
+    weights (evaluation, merging, saving) expects the usual layout. Each layer is told not to
+    repack, and one repacked already is converted back by bitsandbytes' own inverse (exact
+    for the 4-bit codes; the block scales come back from bf16). Returns the layers converted
+    back. Serving leaves bitsandbytes its faster CPU path.
+    """
+    converted = 0
+    for module in model.modules():
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        weight = module.weight
+        if packed_for_cpu(weight):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            state = weight.quant_state
+            nested = bool(state.original_nested)
+            weight.data, state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+            if not nested:
+                # The inverse restores nested scales only (bitsandbytes 0.50); plain ones stay
+                # transposed to [blocks per row, rows] in bf16.
+                state.absmax = state.absmax.T.reshape(-1).float().contiguous()
+            weight.quant_state = module.quant_state = state
+            converted += 1
+    return converted
+
+
 def select_nf4_kernel(model: Any, kernel: NF4Kernel, device: str) -> int:
     """Let ``model``'s NF4 layers run the fused Triton kernel for decode steps, if asked.
 
