@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.generation.cache_keyword import cache_keyword
+
 COMPILE_MODE = "reduce-overhead"
 """torch.compile mode: inductor kernels captured into CUDA graphs."""
 
@@ -56,6 +58,7 @@ class GraphDecoder:
         self._max_cache_len = max_cache_len
         self._check_every = check_every
         self._cache: Any = None
+        self._cache_keyword = cache_keyword(model)
         self._batch = 0
         # dynamic=False: one specialised graph per batch size, never a slower dynamic one.
         self._step = (
@@ -67,8 +70,8 @@ class GraphDecoder:
     def _decode_step(self, tokens: Any, cache_position: Any) -> Any:
         logits = self._model(
             input_ids=tokens,
-            past_key_values=self._cache,
             cache_position=cache_position,
+            **{self._cache_keyword: self._cache},
             # Given explicitly: derived from the cache's length, it would be a Python int
             # that changes every step and forces a recompilation each time.
             position_ids=cache_position.unsqueeze(0),
@@ -100,9 +103,9 @@ class GraphDecoder:
             positions = torch.arange(prompt, device=input_ids.device)
             logits = self._model(
                 input_ids=input_ids,
-                past_key_values=self._cache,
                 cache_position=positions,
                 use_cache=True,
+                **{self._cache_keyword: self._cache},
             ).logits  # the prefill runs uncompiled: its shape changes with every prompt
             token = logits[:, -1, :].argmax(dim=-1, keepdim=True)
             out = [token]

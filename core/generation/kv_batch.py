@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from core.generation.cache_keyword import with_cache
+
 
 class PaddedBatch:
     """KV cache, attention mask, positions and pending tokens of the rows being decoded.
@@ -112,14 +114,12 @@ class PaddedBatch:
             input_ids=ids,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **with_cache(model, cache),
         )
         positions = mask.sum(dim=-1)
-        batch = cls(
-            output.past_key_values, mask, positions, [], seen, pad_id=pad_id, vocab_size=vocab_size
-        )
+        batch = cls(cache, mask, positions, [], seen, pad_id=pad_id, vocab_size=vocab_size)
         return batch, output.logits[:, -1, :]
 
     def step(self, model: Any) -> Any:
@@ -133,11 +133,10 @@ class PaddedBatch:
             input_ids=ids,
             attention_mask=self.mask,
             position_ids=self.positions.unsqueeze(1),
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1,
-        )
-        self.cache = output.past_key_values
+            **with_cache(model, self.cache),
+        )  # the DynamicCache grows in place
         self.positions = self.positions + 1
         return output.logits[:, -1, :]
 

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from core.errors import GenerationError
+from core.generation.cache_keyword import with_cache
 from core.generation.kv_batch import PaddedBatch, cache_layers
 
 log = logging.getLogger(__name__)
@@ -664,7 +665,7 @@ class SlotBatch:
         usual = config._attn_implementation
         config._attn_implementation = DECODE_ATTENTION  # for this pass only (see above)
         try:
-            output = model(past_key_values=self._cache, use_cache=True, **inputs)
+            output = model(use_cache=True, **with_cache(model, self._cache), **inputs)
         finally:
             config._attn_implementation = usual
         return output.logits
