@@ -307,15 +307,21 @@ def cached_onnx(
     target = folder / f"moodnet-{key}{'-int8' if quantize else ''}.onnx"
     if target.is_file():
         return target
-    _log.warning("Exporting the mood classifier to ONNX once (about 15 s); cached at %s", target)
+    from tqdm import tqdm
+
+    _log.info("Exporting the mood classifier to ONNX once; cached at %s", target)
     folder.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=folder)
     os.close(fd)
-    try:
-        export_onnx(build_torch_model(artifact, meta), tokenizer, Path(partial), quantize=quantize)
-        os.replace(partial, target)
-    finally:
-        Path(partial).unlink(missing_ok=True)
+    # A progress line, not a warning: the first start waits here for a while.
+    with tqdm(total=1, desc="Preparing the mood classifier (first start only)") as bar:
+        try:
+            model = build_torch_model(artifact, meta)
+            export_onnx(model, tokenizer, Path(partial), quantize=quantize)
+            os.replace(partial, target)
+        finally:
+            Path(partial).unlink(missing_ok=True)
+        bar.update()
     return target
 
 

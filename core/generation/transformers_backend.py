@@ -204,9 +204,8 @@ def _convert_gguf_once(spec: ModelSpec) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    log.warning(
-        "Converting %s to safetensors once (about 20 s); cached at %s", spec.gguf_file, target
-    )
+    # transformers shows the conversion's progress bars; the rest is for the log.
+    log.info("Converting %s to safetensors once; cached at %s", spec.gguf_file, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f"{target.name}.partial-{threading.get_ident()}")
     shutil.rmtree(staging, ignore_errors=True)
