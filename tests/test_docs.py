@@ -14,7 +14,12 @@ def test_readme_documents_every_setting() -> None:
         assert f"`{env_name(field)}`" in readme, f"{env_name(field)} missing from README"
     documented = set(re.findall(r"`(PERSONABOT_[A-Z0-9_]+)`", readme))
     known = {env_name(f) for f in Settings.model_fields}
-    assert documented <= known | {"PERSONABOT_TORCH", "PERSONABOT_PYTHON", "PERSONABOT_EXTRAS"}
+    setup = set(
+        re.findall(r"\$\{(PERSONABOT_[A-Z0-9_]+)", (REPO / "scripts" / "setup").read_text())
+    )
+    assert setup >= {"PERSONABOT_TORCH", "PERSONABOT_EXTRAS", "PERSONABOT_CONSTRAINTS"}
+    assert setup <= documented, "scripts/setup's variables belong in README"
+    assert documented <= known | setup
 
 
 def test_ci_runs_the_readme_test_command() -> None:
