@@ -332,20 +332,36 @@ class Settings(BaseSettings):
         description="Show a Discord reply while the model writes it, by editing the message "
         "(throttled to Discord's rate limits).",
     )
-    discord_channel_cooldown_seconds: float = Field(
+    conversation_cooldown_seconds: float = Field(
         default=1.0,
         ge=0.0,
         le=3600.0,
-        description="Minimum seconds between two answered messages in one Discord channel or "
-        "thread, whoever writes them (0 disables it).",
+        description="Minimum seconds between two answered messages in one conversation (a "
+        "Discord channel or thread, a Telegram chat or forum topic), whoever writes them "
+        "(0 disables it).",
     )
-    telegram_chat_cooldown_seconds: float = Field(
-        default=1.0,
+    discord_channel_cooldown_seconds: float | None = Field(
+        default=None,
         ge=0.0,
         le=3600.0,
-        description="Minimum seconds between two answered messages in one Telegram chat or "
-        "forum topic, whoever writes them (0 disables it).",
+        description="Discord's own conversation cooldown, overriding "
+        "PERSONABOT_CONVERSATION_COOLDOWN_SECONDS there (the older name, still accepted).",
     )
+    telegram_chat_cooldown_seconds: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=3600.0,
+        description="Telegram's own conversation cooldown, overriding "
+        "PERSONABOT_CONVERSATION_COOLDOWN_SECONDS there (the older name, still accepted).",
+    )
+
+    def conversation_cooldown(self, platform: Literal["discord", "telegram"]) -> float:
+        """The platform's conversation cooldown: its own override, else the shared one."""
+        override = {
+            "discord": self.discord_channel_cooldown_seconds,
+            "telegram": self.telegram_chat_cooldown_seconds,
+        }[platform]
+        return self.conversation_cooldown_seconds if override is None else override
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -788,7 +788,7 @@ def test_discord_settings_come_from_their_documented_variables() -> None:
     assert settings.discord_gateway_url == "ws://127.0.0.1:8080/gateway"
     assert settings.discord_guild_ids == (123, 456)
     assert settings.discord_stream_replies is True
-    assert settings.discord_channel_cooldown_seconds == 0
+    assert settings.conversation_cooldown("discord") == 0
     assert plan_frontends(settings).started == ["Discord"]
     with pytest.raises(ConfigError) as caught:
         load_settings(

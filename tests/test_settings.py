@@ -73,3 +73,18 @@ def test_toml_errors_name_the_file(tmp_path: Path) -> None:
     config.write_text("max_prompt_tokens = 3\n")
     with pytest.raises(ConfigError, match=r"max_prompt_tokens.*bad.toml"):
         load_settings(env={"PERSONABOT_CONFIG": str(config)})
+
+
+def test_one_conversation_cooldown_for_every_platform_with_platform_overrides() -> None:
+    shared = load_settings(env={"PERSONABOT_CONVERSATION_COOLDOWN_SECONDS": "4"})
+    assert shared.conversation_cooldown("discord") == 4
+    assert shared.conversation_cooldown("telegram") == 4
+    assert load_settings(env={}).conversation_cooldown("telegram") == 1.0  # the default
+    overridden = load_settings(
+        env={
+            "PERSONABOT_CONVERSATION_COOLDOWN_SECONDS": "4",
+            "PERSONABOT_TELEGRAM_CHAT_COOLDOWN_SECONDS": "0",  # the older names still count
+        }
+    )
+    assert overridden.conversation_cooldown("telegram") == 0
+    assert overridden.conversation_cooldown("discord") == 4

@@ -606,7 +606,7 @@ def test_telegram_settings_come_from_their_documented_variables() -> None:
             "PERSONABOT_TELEGRAM_CHAT_COOLDOWN_SECONDS": "3",
         }
     )
-    assert settings.telegram_chat_cooldown_seconds == 3
+    assert settings.conversation_cooldown("telegram") == 3
     assert settings.telegram_api_url == "http://127.0.0.1:8081/bot"
     assert settings.telegram_webhook_port == 8444 and settings.telegram_admin_only is False
     assert settings.user_cooldown_seconds == 0.5

@@ -81,7 +81,7 @@ class PersonaBotClient(discord.Client):
         self.handler = MessageHandler(
             engine,
             user_cooldown_seconds=settings.user_cooldown_seconds,
-            channel_cooldown_seconds=settings.discord_channel_cooldown_seconds,
+            channel_cooldown_seconds=settings.conversation_cooldown("discord"),
             stream_replies=settings.discord_stream_replies,
         )
         self._guild_ids = settings.discord_guild_ids

@@ -61,7 +61,7 @@ def build_application(engine: Engine, settings: Settings) -> TelegramApplication
         engine,
         admin_only=settings.telegram_admin_only,
         cooldown_seconds=settings.user_cooldown_seconds,
-        chat_cooldown_seconds=settings.telegram_chat_cooldown_seconds,
+        chat_cooldown_seconds=settings.conversation_cooldown("telegram"),
     ).register(application)
     return application
 
