@@ -9,7 +9,6 @@ server shuts down, that nothing the bot posted or edited could ping anyone.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -51,6 +50,7 @@ from tests.fake_discord import (
     TOKEN,
     FakeDiscord,
 )
+from tests.log_watch import LogWatch, watching
 
 JSON = dict[str, Any]
 
@@ -171,38 +171,10 @@ def roles_and_authors(history: list[StoredMessage]) -> list[tuple[str, str]]:
     return [(m.role, m.author_name) for m in history]
 
 
-class LogWatch(logging.Handler):
-    """What the frontend logged, for effects the fake server cannot see."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-        self._changed = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-        self._changed.set()
-
-    def count(self, text: str) -> int:
-        return sum(text.lower() in line.lower() for line in self.lines)
-
-    async def until(self, text: str, times: int = 1, within: float = 60.0) -> None:
-        async with asyncio.timeout(within):
-            while self.count(text) < times:
-                self._changed.clear()
-                await self._changed.wait()
-
-
 @pytest.fixture
 def frontend_log() -> Iterator[LogWatch]:
-    watch = LogWatch()
-    logger = logging.getLogger("bots.discord")
-    previous = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(watch)
-    yield watch
-    logger.removeHandler(watch)
-    logger.setLevel(previous)
+    with watching("bots.discord") as watch:
+        yield watch
 
 
 async def short_replies(fake: FakeDiscord, channel_id: int) -> None:

@@ -8,7 +8,6 @@ a small CPU.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import socket
@@ -33,6 +32,7 @@ from core.settings import load_settings
 from core.types import ConversationRef
 from tests.conftest import REPO, SettingsFactory, SharedGenerator
 from tests.fake_telegram import BOT_USERNAME, DROPPED, TOKEN, FakeBotAPI
+from tests.log_watch import LogWatch, watching
 
 JSON = dict[str, Any]
 
@@ -110,38 +110,10 @@ def conversation(chat_id: int, thread: int | None = None) -> ConversationRef:
     return ConversationRef("telegram", f"{chat_id}" if thread is None else f"{chat_id}:{thread}")
 
 
-class LogWatch(logging.Handler):
-    """What the frontend logged, for effects the fake server cannot see."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-        self._changed = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-        self._changed.set()
-
-    def count(self, text: str) -> int:
-        return sum(text.lower() in line.lower() for line in self.lines)
-
-    async def until(self, text: str, times: int = 1, within: float = 30.0) -> None:
-        async with asyncio.timeout(within):
-            while self.count(text) < times:
-                self._changed.clear()
-                await self._changed.wait()
-
-
 @pytest.fixture
 def frontend_log() -> Iterator[LogWatch]:
-    watch = LogWatch()
-    logger = logging.getLogger("bots.telegram")
-    previous = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(watch)
-    yield watch
-    logger.removeHandler(watch)
-    logger.setLevel(previous)
+    with watching("bots.telegram") as watch:
+        yield watch
 
 
 async def answers(api: FakeBotAPI, chat_id: int, count: int) -> list[JSON]:
