@@ -16,19 +16,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from bots.conversation import texts
+from bots.conversation.commands import help_lines
+from bots.conversation.last_mood import last_mood
 from core.engine import Engine
 from core.errors import PersonabotError
-from core.types import Author, ConversationRef, LengthPreset, MoodResult
+from core.types import Author, ConversationRef, MoodResult
 
-HELP = """Commands:
-  /persona [NAME]   show the current persona, or switch to NAME
-  /personas         list the personas
-  /reset            forget this conversation's history
-  /mood [TEXT]      the mood detected in TEXT (or in your last message)
-  /length [PRESET]  show or set the reply length: short, medium or long
-  /help             this help
-  /quit             leave (Ctrl-D works too)
-Anything else is a message to the persona."""
+
+def help_text() -> str:
+    """The terminal's /help, made from the shared command table."""
+    lines = [f"  {spelling:<18}{about}" for spelling, about in help_lines("terminal")]
+    lines.append(f"  {'/quit':<18}leave (Ctrl-D works too)")
+    return "\n".join(["Commands:", *lines, "Anything else is a message to the persona."])
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +39,6 @@ class Line:
     kind: str = "info"  # reply | info | error
     persona: str | None = None
     mood: MoodResult | None = None
-
-
-def _mood_label(mood: MoodResult) -> str:
-    return f"{mood.mood.value} ({mood.confidence:.0%})"
 
 
 class TerminalChat:
@@ -68,11 +64,11 @@ class TerminalChat:
         self._stdout = stdout
         self._interactive = interactive
         self._json = json_lines
-        self._last_mood: MoodResult | None = None
         self._commands: dict[str, Callable[[str], Awaitable[Line]]] = {
             "persona": self._persona,
             "personas": self._personas,
             "reset": self._reset,
+            "forget": self._forget,
             "mood": self._mood,
             "length": self._length,
             "help": self._help,
@@ -128,13 +124,12 @@ class TerminalChat:
                 name, _, argument = stripped[1:].partition(" ")
                 command = self._commands.get(name.lower())
                 if command is None:
-                    return Line(f"Unknown command /{name}. Type /help for the list.", "error")
+                    return Line(texts.unknown_command(name), "error")
                 return await command(argument.strip())
             if self._interactive:
                 persona = await self._engine.persona(self._conversation)
                 self._write_raw(f"{persona.display_name} is typing…\r")
             reply = await self._engine.reply(self._conversation, self._author, text)
-            self._last_mood = reply.mood
             return Line(reply.text, "reply", persona=reply.persona, mood=reply.mood)
         except PersonabotError as exc:
             return Line(str(exc), "error")
@@ -144,45 +139,41 @@ class TerminalChat:
     async def _persona(self, argument: str) -> Line:
         if argument:
             persona = await self._engine.set_persona(self._conversation, argument)
-            return Line(f"Persona set to {persona.display_name} ({persona.name}).")
-        persona = await self._engine.persona(self._conversation)
-        return Line(
-            f"Current persona: {persona.display_name} ({persona.name}): {persona.description}"
-        )
+            return Line(texts.persona_set(persona))
+        return Line(texts.current_persona(await self._engine.persona(self._conversation)))
 
     async def _personas(self, argument: str) -> Line:
         current = (await self._engine.persona(self._conversation)).name
-        items = [
-            f"{'*' if p.name == current else ' '} {p.name}: {p.description}"
-            for p in self._engine.personas()
-        ]
+        items = texts.persona_list(self._engine.personas(), current)
         separator = "\n" if self._interactive else " | "
         return Line(separator.join(items))
 
     async def _reset(self, argument: str) -> Line:
         count = await self._engine.reset(self._conversation)
-        return Line(f"Conversation reset ({count} messages forgotten).")
+        return Line(texts.conversation_reset(count))
+
+    async def _forget(self, argument: str) -> Line:
+        count = await self._engine.forget(self._author, self._conversation)
+        return Line(texts.forgotten(count, everywhere=False))
 
     async def _mood(self, argument: str) -> Line:
         if argument:
-            return Line(f"Mood: {_mood_label(await self._engine.detect_mood(argument))}")
-        if self._last_mood is None:
-            return Line("No message yet. Use /mood TEXT to test a sentence.")
-        return Line(f"Mood of your last message: {_mood_label(self._last_mood)}")
+            return Line(texts.mood_of_text(await self._engine.detect_mood(argument)))
+        mood = await last_mood(self._engine, self._conversation, self._author.id)
+        return Line(texts.last_mood(mood, "/mood TEXT"))
 
     async def _length(self, argument: str) -> Line:
         if not argument:
-            length = await self._engine.length(self._conversation)
-            choices = ", ".join(p.value for p in LengthPreset)
-            return Line(f"Reply length: {length.value} (choices: {choices}).")
+            return Line(texts.reply_length(await self._engine.length(self._conversation)))
         try:
             preset = await self._engine.set_length(self._conversation, argument)
         except ValueError as exc:
             return Line(str(exc).capitalize() + ".", "error")
-        return Line(f"Reply length set to {preset.value}.")
+        return Line(texts.length_set(preset))
 
     async def _help(self, argument: str) -> Line:
-        return Line(HELP if self._interactive else HELP.replace("\n", " | "))
+        text = help_text()
+        return Line(text if self._interactive else text.replace("\n", " | "))
 
     # -- output -------------------------------------------------------------------------------
 
@@ -208,7 +199,8 @@ class TerminalChat:
             self._write_raw("\x1b[2K")  # clear the "typing…" hint
             if line.kind == "reply" and line.persona and line.mood:
                 name = self._engine.persona_named(line.persona).display_name
-                self._write_raw(f"{name}: {line.text}\n  [your mood: {_mood_label(line.mood)}]\n")
+                mood = texts.mood_label(line.mood)
+                self._write_raw(f"{name}: {line.text}\n  [your mood: {mood}]\n")
             else:
                 prefix = "error: " if line.kind == "error" else ""
                 self._write_raw(f"{prefix}{line.text}\n")

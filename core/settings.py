@@ -327,10 +327,16 @@ class Settings(BaseSettings):
         description="Servers (guild ids, comma-separated) to register the slash commands in, "
         "where they appear at once; empty: register them globally, for every server and DMs.",
     )
-    discord_stream_replies: bool = Field(
+    stream_replies: bool = Field(
         default=False,
-        description="Show a Discord reply while the model writes it, by editing the message "
-        "(throttled to Discord's rate limits).",
+        description="Show a reply while the model writes it: on Discord by editing the "
+        "message, on Telegram as a draft in private chats and an edited message in groups "
+        "(each throttled to the platform's rate limits).",
+    )
+    discord_stream_replies: bool | None = Field(
+        default=None,
+        description="Discord's own PERSONABOT_STREAM_REPLIES, overriding it there (the older "
+        "name, still accepted).",
     )
     conversation_cooldown_seconds: float = Field(
         default=1.0,
@@ -354,6 +360,11 @@ class Settings(BaseSettings):
         description="Telegram's own conversation cooldown, overriding "
         "PERSONABOT_CONVERSATION_COOLDOWN_SECONDS there (the older name, still accepted).",
     )
+
+    def streams_replies(self, platform: Literal["discord", "telegram"]) -> bool:
+        """Whether ``platform`` shows replies while they are written."""
+        override = self.discord_stream_replies if platform == "discord" else None
+        return self.stream_replies if override is None else override
 
     def conversation_cooldown(self, platform: Literal["discord", "telegram"]) -> float:
         """The platform's conversation cooldown: its own override, else the shared one."""

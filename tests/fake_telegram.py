@@ -412,6 +412,15 @@ class FakeBotAPI:
         )
         return message
 
+    async def _api_sendMessageDraft(self, params: JSON) -> bool:
+        chat = self._chats.get(int(params["chat_id"]))
+        if chat is not None and chat.get("type") != "private":
+            raise BotAPIError(400, "Bad Request: drafts can be sent to private chats only")
+        if not int(params.get("draft_id", 0)):
+            raise BotAPIError(400, "Bad Request: draft_id must be non-zero")
+        _parse_text(params.get("text", ""), params.get("parse_mode"))
+        return True
+
     async def _api_editMessageText(self, params: JSON) -> JSON:
         key = (int(params["chat_id"]), int(params["message_id"]))
         original = self._messages.get(key)

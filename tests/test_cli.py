@@ -80,15 +80,18 @@ def test_piped_chat_gives_one_line_per_input_and_persists(
     assert out[4].startswith("[error] Unknown persona 'wizard'") and "bard" in out[4]
     assert out[5].startswith("[error]") and "empty" in out[5]
     assert out[6].startswith("[error] Unknown command /nonsense")
-    assert "* pirate" in out[7]
+    assert "▶ pirate" in out[7]
 
     # A second process on the same data directory: persona, length and history survived.
     again = personabot(
-        ["chat", "--json"], tmp_path, model_cache_dir, stdin="/persona\n/length\nAnd now?\n"
+        ["chat", "--json"],
+        tmp_path,
+        model_cache_dir,
+        stdin="/persona\n/length\nAnd now?\n/forget\n/mood\n",
     )
     assert again.returncode == 0, again.stderr
     records = [json.loads(line) for line in again.stdout.splitlines()]
-    assert len(records) == 3
+    assert len(records) == 5
     assert "pirate" in records[0]["text"]
     assert records[1]["text"].startswith("Reply length: short")
     assert records[2]["kind"] == "reply" and records[2]["persona"] == "pirate"
@@ -101,6 +104,12 @@ def test_piped_chat_gives_one_line_per_input_and_persists(
         "sadness",
         "surprise",
     }
+    # Both runs' two exchanges, the user's messages and the replies to them.
+    assert (
+        records[3]["text"]
+        == "Done: I deleted 4 stored messages here (yours and my replies to them)."
+    )
+    assert records[4]["text"].startswith("No message from you here yet.")
 
 
 def test_run_without_tokens_starts_the_terminal_and_says_why(

@@ -297,7 +297,7 @@ async def test_chat_always_makes_an_admin_channel_answer_everything(
     refused = await fake.answer(await fake.slash(bob(fake), RANDOM, "chat", mode="always"))
     assert refused["flags"] & EPHEMERAL and "Manage Server" in refused["content"]
     switched = await fake.answer(await fake.slash(alice(fake), RANDOM, "chat", mode="always"))
-    assert switched["content"] == "I'll answer every message in this channel now."
+    assert switched["content"] == "I'll answer every message in this conversation now."
     assert not switched["flags"] & EPHEMERAL  # everyone here should know
     assert await engine.always_answer(here(RANDOM))
     assert not await engine.always_answer(here(GENERAL))  # one channel at a time
@@ -307,7 +307,7 @@ async def test_chat_always_makes_an_admin_channel_answer_everything(
     (reply,) = await fake.messages_in(RANDOM, 1)
     assert reply["content"]
     show = await fake.answer(await fake.slash(bob(fake), RANDOM, "persona", "show"))
-    assert "I answer every message in this channel." in show["content"]
+    assert "I answer every message in this conversation." in show["content"]
 
     back = await fake.answer(await fake.slash(alice(fake), RANDOM, "chat", mode="mention"))
     assert back["content"] == "I'll answer here only when mentioned or replied to."
@@ -433,7 +433,7 @@ async def test_forget_deletes_only_the_callers_messages_and_needs_no_permission(
     assert len(await engine.history(here(dm))) == 2  # other conversations untouched
 
     everywhere = await fake.answer(await fake.slash(bob(fake), GENERAL, "forget", everywhere=True))
-    assert everywhere["content"].startswith("Done: I deleted 2 stored messages in every channel")
+    assert everywhere["content"].startswith("Done: I deleted 2 stored messages in all our")
     assert await engine.history(here(dm)) == []
     assert len(await engine.history(here(GENERAL))) == 2  # Alice's exchange stays
     assert (await engine.length(here(dm))).value == "short"  # settings stay
@@ -759,7 +759,7 @@ def test_discord_settings_come_from_their_documented_variables() -> None:
     assert settings.discord_api_url == "http://127.0.0.1:8080/api/v10"
     assert settings.discord_gateway_url == "ws://127.0.0.1:8080/gateway"
     assert settings.discord_guild_ids == (123, 456)
-    assert settings.discord_stream_replies is True
+    assert settings.streams_replies("discord") is True
     assert settings.conversation_cooldown("discord") == 0
     assert plan_frontends(settings).started == ["Discord"]
     with pytest.raises(ConfigError) as caught:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from bots.conversation.commands import parity_table
 from core.settings import Settings, env_name
 from tests.conftest import REPO
 
@@ -26,3 +27,9 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = (REPO / "README.md").read_text()
     assert "scripts/test" in readme and "scripts/start" in readme
     assert "scripts/test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_readme_command_table_is_the_one_the_code_makes() -> None:
+    readme = (REPO / "README.md").read_text()
+    shown = readme.split("<!-- commands:start -->\n", 1)[1].split("\n<!-- commands:end -->", 1)[0]
+    assert shown == parity_table(), "run `python -m bots.conversation.commands` into README"

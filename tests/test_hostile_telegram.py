@@ -174,7 +174,7 @@ async def test_hostile_messages_and_command_arguments_are_survived(
     await answers(api, BOB["id"], in_chat + 4)
     refusal = (await answers(api, GROUP_ID, in_group + 1))[-1]
     if argument:
-        assert refusal["text"] == "Only chat admins can change the persona."
+        assert refusal["text"] == "Only admins can change the persona."
     assert_safe(api, since)
     assert (await engine.persona(conversation(GROUP_ID))).name == "terse"
     for place in (conversation(BOB["id"]), conversation(GROUP_ID)):

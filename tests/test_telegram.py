@@ -8,7 +8,9 @@ a small CPU.
 from __future__ import annotations
 
 import asyncio
+import html
 import os
+import re
 import signal
 import socket
 import sys
@@ -33,6 +35,7 @@ from core.types import ConversationRef
 from tests.conftest import REPO, SettingsFactory, SharedGenerator
 from tests.fake_telegram import BOT_USERNAME, DROPPED, TOKEN, FakeBotAPI
 from tests.log_watch import LogWatch, watching
+from tests.polling import until
 
 JSON = dict[str, Any]
 
@@ -136,13 +139,13 @@ async def test_startup_registers_commands_and_polls_with_offsets(
     (registered,) = api.calls_to("setMyCommands")
     assert [c["command"] for c in registered.params["commands"]] == [
         "start",
-        "help",
         "persona",
         "personas",
         "reset",
         "forget",
         "mood",
         "length",
+        "help",
     ]
     assert api.calls_to("deleteWebhook")  # polling starts by making sure no webhook is set
     poll = api.calls_to("getUpdates")[0].params
@@ -272,8 +275,8 @@ async def test_group_answers_mentions_and_replies_only_and_admins_reset(
     api.send(group, BOB, "/persona bard")
     refusals = (await answers(api, GROUP_ID, 5))[3:]
     assert {m["text"] for m in refusals} == {
-        "Only chat admins can reset this chat.",
-        "Only chat admins can change the persona.",
+        "Only admins can reset this conversation.",
+        "Only admins can change the persona.",
     }
     assert len(await engine.history(here)) == 4
     api.send(group, ALICE, f"/reset@{BOT_USERNAME}")
@@ -335,10 +338,54 @@ async def test_a_member_cannot_switch_the_persona_with_the_keyboard(
     api.tap(BOB, keyboard_message, "persona:pirate")
     await api.wait_for(lambda: api.calls_to("answerCallbackQuery"))
     (answered,) = api.calls_to("answerCallbackQuery")
-    assert answered.params["text"] == "Only chat admins can change the persona."
+    assert answered.params["text"] == "Only admins can change the persona."
     assert answered.params["show_alert"] is True
     assert not api.calls_to("editMessageText")
     assert (await engine.persona(conversation(GROUP_ID))).name == "friend"
+
+
+async def test_stream_replies_shows_a_group_reply_while_it_is_written(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot(stream_replies=True)).engine
+    group = FakeBotAPI.group_chat(GROUP_ID)
+    api.send(group, ALICE, f"@{BOT_USERNAME} Tell me a short story about a lighthouse keeper.")
+    (preview,) = await answers(api, GROUP_ID, 1)
+    assert preview["text"].endswith(" …")  # first shown while still being written
+    here = conversation(GROUP_ID)
+    stored = await _finished_reply(engine, here)
+    await api.wait_for(
+        lambda: (
+            api.calls_to("editMessageText", ok=True)
+            and not api.calls_to("editMessageText", ok=True)[-1].params["text"].endswith(" …")
+        )
+    )
+    final = api.calls_to("editMessageText", ok=True)[-1].params
+    assert int(final["message_id"]) == preview["message_id"]  # edited in place, not re-sent
+    assert words(html.unescape(re.sub(r"<[^>]+>", "", final["text"]))) == words(stored)
+    assert len(api.sent_to(GROUP_ID)) == 1
+
+
+async def test_stream_replies_drafts_a_private_reply_then_sends_it(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot(stream_replies=True)).engine
+    api.send(private(ALICE), ALICE, "Tell me a short story about a lighthouse keeper.")
+    (reply,) = await answers(api, ALICE["id"], 1)
+    stored = await _finished_reply(engine, conversation(ALICE["id"]))
+    assert api.calls_to("sendMessageDraft", ok=True)  # shown as a draft while written
+    assert not api.calls_to("editMessageText")
+    assert words(reply["text"]) == words(stored)
+
+
+async def _finished_reply(engine: Engine, here: ConversationRef) -> str:
+    """The stored reply: written by the engine once the model finished."""
+
+    async def stored() -> bool:
+        return [m.role for m in await engine.history(here)] == ["user", "assistant"]
+
+    await until(stored, within=120)
+    return (await engine.history(here))[1].text
 
 
 async def test_a_429_with_retry_after_is_honoured(start_bot: StartBot, api: FakeBotAPI) -> None:
@@ -664,13 +711,13 @@ async def test_forget_deletes_only_the_callers_messages_and_needs_no_admin(
     api.send(group, ALICE, "/forget")  # no admin needed: it is her own data
     done = (await answers(api, GROUP_ID, 4))[3]["text"]
 
-    assert done == "Done: I deleted 2 stored messages in this chat (yours and my replies to them)."
+    assert done == "Done: I deleted 2 stored messages here (yours and my replies to them)."
     history = await engine.history(here)
     assert [(m.role, m.author_name) for m in history] == [("user", "Bob"), ("assistant", "Friend")]
     assert len(await engine.history(conversation(ALICE["id"]))) == 2  # other chats untouched
 
     api.send(private(ALICE), ALICE, "/forget all")
     everywhere = (await answers(api, ALICE["id"], 3))[2]["text"]
-    assert everywhere.startswith("Done: I deleted 2 stored messages in all our chats")
+    assert everywhere.startswith("Done: I deleted 2 stored messages in all our conversations")
     assert await engine.history(conversation(ALICE["id"])) == []
     assert len(await engine.history(here)) == 2  # Bob's exchange stays

@@ -27,8 +27,9 @@ import yarl
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
+from bots.conversation.reply_flow import ReplyFlow
 from bots.discord.commands import CommandTree, register_commands
-from bots.discord.handlers import MessageHandler
+from bots.discord.messages import TYPING_REFRESH_SECONDS, DiscordMessages
 from bots.discord.sending import NO_MENTIONS
 from core.engine import Engine
 from core.errors import ConfigError, PersonabotError
@@ -78,11 +79,11 @@ class PersonaBotClient(discord.Client):
         )
         self.tree = CommandTree(self)
         register_commands(self.tree, engine)
-        self.handler = MessageHandler(
-            engine,
-            user_cooldown_seconds=settings.user_cooldown_seconds,
-            channel_cooldown_seconds=settings.conversation_cooldown("discord"),
-            stream_replies=settings.discord_stream_replies,
+        flow = ReplyFlow.for_platform(
+            engine, settings, "discord", typing_interval=TYPING_REFRESH_SECONDS
+        )
+        self.handler = DiscordMessages(
+            flow, engine, stream_replies=settings.streams_replies("discord")
         )
         self._guild_ids = settings.discord_guild_ids
         self._announce = announce

@@ -19,33 +19,20 @@ from typing import Literal
 import discord
 from discord import app_commands
 
-from bots.discord.handlers import PLATFORM, author_of, conversation_of
+from bots.conversation import texts
+from bots.conversation.commands import help_lines
+from bots.conversation.last_mood import last_mood
+from bots.discord.messages import PLATFORM, author_of, conversation_of
 from bots.discord.sending import NO_MENTIONS, split_reply
 from core.engine import Engine
 from core.errors import PersonabotError
 from core.personas import persona_from_mapping
-from core.types import MoodResult
 
-__all__ = ["COMMANDS", "CommandTree", "Refused", "register_commands", "respond"]
+__all__ = ["CommandTree", "Refused", "register_commands", "respond"]
 
 log = logging.getLogger(__name__)
 
 Interaction = discord.Interaction[discord.Client]
-
-#: What /help lists, in this order.
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("/persona set <name>", "switch this channel's persona"),
-    ("/persona list", "list the personas"),
-    ("/persona show", "the persona, reply length and answer mode here"),
-    ("/persona create", "write a new persona (Manage Server)"),
-    ("/persona delete <name>", "delete a persona made with /persona create (Manage Server)"),
-    ("/reset", "forget this channel's conversation (Manage Messages in servers)"),
-    ("/forget [everywhere]", "delete your own messages here and my replies to them"),
-    ("/mood [text]", "the mood of a text, or of your last message here"),
-    ("/length <short|medium|long>", "how long my replies are here"),
-    ("/chat <always|mention>", "answer every message here, or only when spoken to (Manage Server)"),
-    ("/help", "this help"),
-)
 
 #: How long a /persona create form may stay open before its answer is no longer accepted.
 FORM_TIMEOUT_SECONDS = 15 * 60
@@ -73,7 +60,7 @@ class CommandTree(app_commands.CommandTree[discord.Client]):
             text = "You can't use this command here."
         else:
             log.error("Discord command failed: %s", error, exc_info=original)
-            text = "Sorry, something went wrong on my side. Please try again in a moment."
+            text = texts.APOLOGY
         await respond(interaction, text, ephemeral=True)
 
 
@@ -115,17 +102,13 @@ def needs(permission: str, label: str, *, in_dms: bool) -> Callable[[Interaction
     return check
 
 
-def _mood_label(mood: MoodResult) -> str:
-    return f"{mood.mood.value} ({mood.confidence:.0%})"
-
-
 def help_text() -> str:
     lines = [
         "Talk to me in a DM, or in a server by mentioning me or replying to one of my "
         "messages (or everywhere in a channel switched to /chat always). Each channel and "
         "thread is its own conversation.",
         "",
-        *(f"`{usage}`: {about}" for usage, about in COMMANDS),
+        *(f"`{usage}`: {about}" for usage, about in help_lines("discord")),
     ]
     return "\n".join(lines)
 
@@ -210,19 +193,12 @@ def register_commands(tree: CommandTree, engine: Engine) -> None:
     @app_commands.autocomplete(name=persona_names)
     async def persona_set(interaction: Interaction, name: str) -> None:
         chosen = await engine.set_persona(conversation_of(_channel(interaction)), name)
-        await respond(
-            interaction,
-            f"Persona set to {chosen.display_name} ({chosen.name}): {chosen.description}",
-            ephemeral=False,
-        )
+        await respond(interaction, texts.persona_set(chosen), ephemeral=False)
 
     @persona.command(name="list", description="List the personas")
     async def persona_list(interaction: Interaction) -> None:
         current = (await engine.persona(conversation_of(_channel(interaction)))).name
-        lines = [
-            f"{'▶' if p.name == current else '•'} **{p.name}** ({p.display_name}): {p.description}"
-            for p in engine.personas()
-        ]
+        lines = texts.persona_list(engine.personas(), current, markdown=True)
         await respond(interaction, "\n".join(lines), ephemeral=True)
 
     @persona.command(name="show", description="The persona, reply length and answer mode here")
@@ -230,12 +206,9 @@ def register_commands(tree: CommandTree, engine: Engine) -> None:
         here = conversation_of(_channel(interaction))
         current = await engine.persona(here)
         length = await engine.length(here)
-        if interaction.guild is None:
-            mode = "I answer every message in this DM."
-        elif await engine.always_answer(here):
-            mode = "I answer every message in this channel."
-        else:
-            mode = "I answer here when mentioned or replied to."
+        private = interaction.guild is None
+        always = not private and await engine.always_answer(here)
+        mode = texts.answer_mode(always, private=private)
         await respond(
             interaction,
             f"Persona: {current.display_name} ({current.name}): {current.description}\n"
@@ -264,9 +237,7 @@ def register_commands(tree: CommandTree, engine: Engine) -> None:
     @app_commands.check(needs("manage_messages", "Manage Messages", in_dms=True))
     async def reset(interaction: Interaction) -> None:
         count = await engine.reset(conversation_of(_channel(interaction)))
-        await respond(
-            interaction, f"Conversation reset ({count} messages forgotten).", ephemeral=False
-        )
+        await respond(interaction, texts.conversation_reset(count), ephemeral=False)
 
     @tree.command(name="forget", description="Delete your messages here and my replies to them")
     @app_commands.describe(everywhere="True: in every channel, thread and DM I share with you")
@@ -279,15 +250,9 @@ def register_commands(tree: CommandTree, engine: Engine) -> None:
         author = author_of(interaction.user)
         if everywhere:
             count = await engine.forget(author, platform=PLATFORM)
-            where = "in every channel and DM"
         else:
             count = await engine.forget(author, conversation_of(_channel(interaction)))
-            where = "here"
-        await respond(
-            interaction,
-            f"Done: I deleted {count} stored messages {where} (yours and my replies to them).",
-            ephemeral=True,
-        )
+        await respond(interaction, texts.forgotten(count, everywhere=everywhere), ephemeral=True)
 
     @tree.command(name="mood", description="The mood of a text, or of your last message here")
     @app_commands.describe(text="Any text; leave it out for your last message here")
@@ -295,22 +260,18 @@ def register_commands(tree: CommandTree, engine: Engine) -> None:
         # The first use may load the mood model: take longer than Discord's 3 s to answer.
         await interaction.response.defer(ephemeral=True, thinking=True)
         if text and text.strip():
-            answer = f"Mood: {_mood_label(await engine.detect_mood(text))}"
+            answer = texts.mood_of_text(await engine.detect_mood(text))
         else:
-            answer = "No message from you here yet. Use /mood text: to test a sentence."
-            history = await engine.history(conversation_of(_channel(interaction)), limit=50)
-            for stored in reversed(history):
-                if stored.role == "user" and stored.author_id == str(interaction.user.id):
-                    if stored.mood is not None:
-                        answer = f"Mood of your last message: {stored.mood.value}"
-                    break
+            here = conversation_of(_channel(interaction))
+            mood = await last_mood(engine, here, str(interaction.user.id))
+            answer = texts.last_mood(mood, "/mood text:")
         await respond(interaction, answer, ephemeral=True)
 
     @tree.command(name="length", description="How long my replies are in this channel")
     @app_commands.describe(preset="short, medium or long")
     async def length(interaction: Interaction, preset: Literal["short", "medium", "long"]) -> None:
         chosen = await engine.set_length(conversation_of(_channel(interaction)), preset)
-        await respond(interaction, f"Reply length set to {chosen.value}.", ephemeral=False)
+        await respond(interaction, texts.length_set(chosen), ephemeral=False)
 
     @tree.command(name="chat", description="Answer every message here, or only when spoken to")
     @app_commands.describe(mode="always: every message; mention: when mentioned or replied to")
@@ -320,12 +281,7 @@ def register_commands(tree: CommandTree, engine: Engine) -> None:
     async def chat(interaction: Interaction, mode: Literal["always", "mention"]) -> None:
         always = mode == "always"
         await engine.set_always_answer(conversation_of(_channel(interaction)), always)
-        text = (
-            "I'll answer every message in this channel now."
-            if always
-            else "I'll answer here only when mentioned or replied to."
-        )
-        await respond(interaction, text, ephemeral=False)
+        await respond(interaction, texts.answer_mode_set(always), ephemeral=False)
 
     @tree.command(name="help", description="How to talk to me, and the commands")
     async def help_command(interaction: Interaction) -> None:

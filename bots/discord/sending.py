@@ -180,6 +180,7 @@ class StreamingReply:
     async def finish(self, text: str) -> list[discord.Message]:
         """Show ``text`` as the final reply; returns every message it occupies."""
         self._finishing.set()
+        self._changed.set()  # wakes a preview loop waiting for new text
         if self._task is not None:
             # Not cancelled: a send interrupted half-way could post a message twice.
             await self._task

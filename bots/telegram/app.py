@@ -20,7 +20,8 @@ from telegram import BotCommand, Update
 from telegram.error import Conflict, InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, Updater
 
-from bots.telegram.handlers import COMMANDS, TelegramFrontend
+from bots.conversation.reply_flow import ReplyFlow
+from bots.telegram.handlers import COMMANDS, TYPING_REFRESH_SECONDS, TelegramFrontend
 from core.engine import Engine
 from core.errors import ConfigError, PersonabotError
 from core.settings import Settings
@@ -57,11 +58,14 @@ def build_application(engine: Engine, settings: Settings) -> TelegramApplication
         .concurrent_updates(True)
         .build()
     )
+    flow = ReplyFlow.for_platform(
+        engine, settings, "telegram", typing_interval=TYPING_REFRESH_SECONDS
+    )
     TelegramFrontend(
         engine,
+        flow,
         admin_only=settings.telegram_admin_only,
-        cooldown_seconds=settings.user_cooldown_seconds,
-        chat_cooldown_seconds=settings.conversation_cooldown("telegram"),
+        stream_replies=settings.streams_replies("telegram"),
     ).register(application)
     return application
 

@@ -7,10 +7,9 @@ engine's; splitting and escaping are :mod:`bots.telegram.sending`'s.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +34,15 @@ from telegram.ext import (
     filters,
 )
 
+from bots.conversation import texts
+from bots.conversation.commands import help_lines, menu
+from bots.conversation.last_mood import last_mood
+from bots.conversation.reply_flow import ReplyFlow, Stream
 from bots.telegram.sending import send_text
-from core.cooldown import RateLimits
+from bots.telegram.streaming import StreamingReply
 from core.engine import Engine
 from core.errors import PersonabotError
-from core.ordering import TurnQueue
-from core.types import Author, ConversationRef, LengthPreset, MoodResult
+from core.types import Author, ConversationRef, LengthPreset
 
 __all__ = [
     "COMMANDS",
@@ -56,17 +58,10 @@ log = logging.getLogger(__name__)
 
 Context = ContextTypes.DEFAULT_TYPE
 
+START = ("start", "Say hello and explain how to talk to me")
+
 #: Registered with setMyCommands, so Telegram clients offer them in the "/" menu.
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("start", "Say hello and explain how to talk to me"),
-    ("help", "List the commands"),
-    ("persona", "Show the persona and switch it: /persona or /persona NAME"),
-    ("personas", "List the personas"),
-    ("reset", "Forget this conversation"),
-    ("forget", "Delete your messages here (/forget all: in every chat with me)"),
-    ("mood", "The mood of a text, or of your last message: /mood [TEXT]"),
-    ("length", "Show or set the reply length: short, medium or long"),
-)
+COMMANDS: tuple[tuple[str, str], ...] = (START, *menu("telegram"))
 
 #: Telegram shows "typing…" for five seconds, or until the bot sends a message.
 TYPING_REFRESH_SECONDS = 4.5
@@ -152,30 +147,16 @@ def _argument(message: Message) -> str:
     return parts[1].strip() if len(parts) > 1 else ""
 
 
-def _mood_label(mood: MoodResult) -> str:
-    return f"{mood.mood.value} ({mood.confidence:.0%})"
-
-
 class TelegramFrontend:
     """The handlers of one bot, bound to one engine and the settings read at start-up."""
 
     def __init__(
-        self,
-        engine: Engine,
-        *,
-        admin_only: bool,
-        cooldown_seconds: float,
-        chat_cooldown_seconds: float = 0.0,
+        self, engine: Engine, flow: ReplyFlow, *, admin_only: bool, stream_replies: bool = False
     ) -> None:
         self._engine = engine
+        self._flow = flow
         self._admin_only = admin_only
-        # The model is shared by every chat: one limit per user, one per chat (or topic).
-        self._limits = RateLimits(
-            user_seconds=cooldown_seconds, conversation_seconds=chat_cooldown_seconds
-        )
-        # The engine answers a conversation's messages in order; this keeps the *sending*
-        # in the same order, so a quick second reply never overtakes a long first one.
-        self._send_order = TurnQueue()
+        self._streaming = stream_replies
 
     def register(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
         commands = {
@@ -213,50 +194,9 @@ class TelegramFrontend:
         if place.is_group and not addressed_to(message, context.bot):
             return
         text = strip_mention(message.text, context.bot.username) if place.is_group else message.text
-        decision = self._limits.check(author.id, place.conversation.key())
-        if not decision.allowed:
-            if decision.notice is not None:
-                await self._say(context.bot, place, decision.notice, message)
-            return
-        # Taken before any await, so the sending order is the arrival order.
-        send_turn = self._send_order.join(place.conversation.key())
-        try:
-            typing = asyncio.create_task(self._keep_typing(context.bot, place))
-            try:
-                answer = await self._answer(place, author, text)
-            finally:
-                typing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await typing
-            await send_turn.wait()
-            await self._say(context.bot, place, answer, message)
-        finally:
-            send_turn.finish()
-
-    async def _answer(self, place: Place, author: Author, text: str) -> str:
-        """The reply, or a message saying why there is none; never an exception."""
-        try:
-            reply = await self._engine.reply(place.conversation, author, text)
-        except PersonabotError as exc:
-            # The engine stored the user's message before it failed; nothing is lost.
-            log.warning("No reply in %s: %s", place.conversation.key(), exc)
-            return str(exc)
-        except Exception:
-            log.exception("Unexpected error answering in %s.", place.conversation.key())
-            return "Sorry, something went wrong on my side. Please try again in a moment."
-        return reply.text
-
-    async def _keep_typing(self, bot: Bot, place: Place) -> None:
-        while True:
-            try:
-                await bot.send_chat_action(
-                    place.chat_id, ChatAction.TYPING, message_thread_id=place.thread_id
-                )
-            except Forbidden:
-                return
-            except TelegramError as exc:
-                log.debug("Typing indicator failed in chat %s: %s", place.chat_id, exc)
-            await asyncio.sleep(TYPING_REFRESH_SECONDS)
+        if self._flow.accepting:
+            delivery = ChatDelivery(context.bot, place, message, streaming=self._streaming)
+            await self._flow.answer(place.conversation, author, text, delivery)
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -271,7 +211,7 @@ class TelegramFrontend:
             if place.is_group
             else "Just write to me and I'll answer."
         )
-        await self._say(
+        await say(
             context.bot,
             place,
             f"Hi! I'm {persona.display_name}: {persona.description}\n{how}\n\n{self._help_text()}",
@@ -281,7 +221,7 @@ class TelegramFrontend:
     async def help(self, update: Update, context: Context) -> None:
         message, place = self._origin(update)
         if message is not None and place is not None:
-            await self._say(context.bot, place, self._help_text(), message)
+            await say(context.bot, place, self._help_text(), message)
 
     async def persona(self, update: Update, context: Context) -> None:
         message, place = self._origin(update)
@@ -290,47 +230,37 @@ class TelegramFrontend:
         name = _argument(message)
         if not name:
             current = await self._engine.persona(place.conversation)
-            text = (
-                f"Current persona: {current.display_name} ({current.name}): "
-                f"{current.description}\nTap one to switch:"
-            )
+            text = f"{texts.current_persona(current)}\nTap one to switch:"
             markup = self._persona_keyboard(current.name)
-            await self._say(context.bot, place, text, message, markup=markup)
+            await say(context.bot, place, text, message, markup=markup)
             return
         if not await self._may_configure(context.bot, place, message.from_user, message):
-            await self._say(context.bot, place, "Only chat admins can change the persona.", message)
+            await say(context.bot, place, texts.only_admins("change the persona"), message)
             return
         try:
             persona = await self._engine.set_persona(place.conversation, name)
         except PersonabotError as exc:
-            await self._say(context.bot, place, str(exc), message)
+            await say(context.bot, place, str(exc), message)
             return
-        await self._say(
-            context.bot, place, f"Persona set to {persona.display_name} ({persona.name}).", message
-        )
+        await say(context.bot, place, texts.persona_set(persona), message)
 
     async def personas(self, update: Update, context: Context) -> None:
         message, place = self._origin(update)
         if message is None or place is None:
             return
         current = (await self._engine.persona(place.conversation)).name
-        lines = [
-            f"{'▶' if p.name == current else '•'} {p.name} ({p.display_name}): {p.description}"
-            for p in self._engine.personas()
-        ]
-        await self._say(context.bot, place, "\n".join(lines), message)
+        lines = texts.persona_list(self._engine.personas(), current)
+        await say(context.bot, place, "\n".join(lines), message)
 
     async def reset(self, update: Update, context: Context) -> None:
         message, place = self._origin(update)
         if message is None or place is None:
             return
         if not await self._may_configure(context.bot, place, message.from_user, message):
-            await self._say(context.bot, place, "Only chat admins can reset this chat.", message)
+            await say(context.bot, place, texts.only_admins("reset this conversation"), message)
             return
         count = await self._engine.reset(place.conversation)
-        await self._say(
-            context.bot, place, f"Conversation reset ({count} messages forgotten).", message
-        )
+        await say(context.bot, place, texts.conversation_reset(count), message)
 
     async def forget(self, update: Update, context: Context) -> None:
         """/forget deletes the caller's own messages here, and the bot's replies to them.
@@ -352,15 +282,9 @@ class TelegramFrontend:
             else:
                 count = await self._engine.forget(author, place.conversation)
         except PersonabotError as exc:
-            await self._say(context.bot, place, str(exc), message)
+            await say(context.bot, place, str(exc), message)
             return
-        where = "in all our chats" if everywhere else "in this chat"
-        await self._say(
-            context.bot,
-            place,
-            f"Done: I deleted {count} stored messages {where} (yours and my replies to them).",
-            message,
-        )
+        await say(context.bot, place, texts.forgotten(count, everywhere=everywhere), message)
 
     async def mood(self, update: Update, context: Context) -> None:
         message, place = self._origin(update)
@@ -369,20 +293,18 @@ class TelegramFrontend:
         text = _argument(message)
         if text:
             try:
-                answer = f"Mood: {_mood_label(await self._engine.detect_mood(text))}"
+                answer = texts.mood_of_text(await self._engine.detect_mood(text))
             except PersonabotError as exc:
                 answer = str(exc)
         else:
-            answer = await self._last_mood(place, message.from_user)
-        await self._say(context.bot, place, answer, message)
-
-    async def _last_mood(self, place: Place, user: User | None) -> str:
-        history = await self._engine.history(place.conversation, limit=50)
-        author = None if user is None else str(user.id)
-        for stored in reversed(history):
-            if stored.role == "user" and stored.author_id == author and stored.mood is not None:
-                return f"Mood of your last message: {stored.mood.value}"
-        return "No message from you here yet. Use /mood TEXT to test a sentence."
+            author = author_of_message(message)
+            mood = (
+                None
+                if author is None
+                else await last_mood(self._engine, place.conversation, author.id)
+            )
+            answer = texts.last_mood(mood, "/mood TEXT")
+        await say(context.bot, place, answer, message)
 
     async def length(self, update: Update, context: Context) -> None:
         message, place = self._origin(update)
@@ -391,10 +313,10 @@ class TelegramFrontend:
         argument = _argument(message)
         if not argument:
             current = await self._engine.length(place.conversation)
-            await self._say(
+            await say(
                 context.bot,
                 place,
-                f"Reply length: {current.value}. Tap one to change it:",
+                f"{texts.reply_length(current)} Tap one to change it:",
                 message,
                 markup=self._length_keyboard(current),
             )
@@ -402,9 +324,9 @@ class TelegramFrontend:
         try:
             preset = await self._engine.set_length(place.conversation, argument)
         except ValueError as exc:
-            await self._say(context.bot, place, str(exc).capitalize() + ".", message)
+            await say(context.bot, place, str(exc).capitalize() + ".", message)
             return
-        await self._say(context.bot, place, f"Reply length set to {preset.value}.", message)
+        await say(context.bot, place, texts.length_set(preset), message)
 
     async def unknown_command(self, update: Update, context: Context) -> None:
         message, place = self._origin(update)
@@ -415,7 +337,7 @@ class TelegramFrontend:
         # In a group, a bare unknown /command is probably for another bot.
         ours = target.lower() == context.bot.username.lower() if target else not place.is_group
         if ours:
-            await self._say(context.bot, place, f"Unknown command {command}. Try /help.", message)
+            await say(context.bot, place, texts.unknown_command(command.lstrip("/")), message)
 
     # -- buttons ------------------------------------------------------------------------------
 
@@ -430,7 +352,7 @@ class TelegramFrontend:
                 await query.answer("This keyboard is too old; send /persona again.")
                 return
             if not await self._may_configure(context.bot, place, query.from_user, None):
-                await query.answer("Only chat admins can change the persona.", show_alert=True)
+                await query.answer(texts.only_admins("change the persona"), show_alert=True)
                 return
             try:
                 persona = await self._engine.set_persona(place.conversation, chosen)
@@ -438,9 +360,7 @@ class TelegramFrontend:
                 await query.answer(str(exc)[:200], show_alert=True)
                 return
             await query.answer(f"Persona set to {persona.display_name}.")
-            await query.edit_message_text(
-                f"Persona set to {persona.display_name} ({persona.name})."
-            )
+            await query.edit_message_text(texts.persona_set(persona))
         except TelegramError as exc:
             log.warning("Persona button in %s: %s", place, exc)
 
@@ -460,8 +380,8 @@ class TelegramFrontend:
             except ValueError as exc:
                 await query.answer(str(exc)[:200], show_alert=True)
                 return
-            await query.answer(f"Reply length set to {preset.value}.")
-            await query.edit_message_text(f"Reply length set to {preset.value}.")
+            await query.answer(texts.length_set(preset))
+            await query.edit_message_text(texts.length_set(preset))
         except TelegramError as exc:
             log.warning("Length button in %s: %s", place, exc)
 
@@ -532,34 +452,74 @@ class TelegramFrontend:
 
     @staticmethod
     def _help_text() -> str:
-        return "Commands:\n" + "\n".join(f"/{name}: {about}" for name, about in COMMANDS)
+        lines = [
+            f"/{START[0]}: {START[1]}",
+            *(f"{u}: {about}" for u, about in help_lines("telegram")),
+        ]
+        return "Commands:\n" + "\n".join(lines)
 
-    async def _say(
-        self,
-        bot: Bot,
-        place: Place,
-        text: str,
-        to: Message,
-        *,
-        markup: InlineKeyboardMarkup | None = None,
-    ) -> None:
-        """Send, logging what cannot be sent: a failed send must never stop the bot."""
-        # In groups the answer quotes the message it answers, so it is clear whose it is.
-        reply_to = to.message_id if place.is_group else None
+
+async def say(
+    bot: Bot,
+    place: Place,
+    text: str,
+    to: Message,
+    *,
+    markup: InlineKeyboardMarkup | None = None,
+) -> None:
+    """Send, logging what cannot be sent: a failed send must never stop the bot."""
+    # In groups the answer quotes the message it answers, so it is clear whose it is.
+    reply_to = to.message_id if place.is_group else None
+    try:
+        await send_text(
+            bot,
+            place.chat_id,
+            text,
+            thread_id=place.thread_id,
+            reply_to=reply_to,
+            reply_markup=markup,
+        )
+    except Forbidden as exc:
+        log.info("Chat %s blocked or removed the bot; not delivered: %s", place.chat_id, exc)
+    except BadRequest as exc:
+        log.warning("Telegram refused a message to chat %s: %s", place.chat_id, exc)
+    except RetryAfter as exc:
+        log.warning("Still rate limited in chat %s after retries: %s", place.chat_id, exc)
+    except TelegramError as exc:
+        log.error("Could not deliver a message to chat %s: %s", place.chat_id, exc)
+
+
+class ChatDelivery:
+    """Answers one message in its chat (and forum topic)."""
+
+    def __init__(self, bot: Bot, place: Place, message: Message, *, streaming: bool) -> None:
+        self._bot = bot
+        self._place = place
+        self._message = message
+        self._streaming = streaming
+
+    async def show_typing(self) -> bool:
         try:
-            await send_text(
-                bot,
-                place.chat_id,
-                text,
-                thread_id=place.thread_id,
-                reply_to=reply_to,
-                reply_markup=markup,
+            await self._bot.send_chat_action(
+                self._place.chat_id, ChatAction.TYPING, message_thread_id=self._place.thread_id
             )
-        except Forbidden as exc:
-            log.info("Chat %s blocked or removed the bot; not delivered: %s", place.chat_id, exc)
-        except BadRequest as exc:
-            log.warning("Telegram refused a message to chat %s: %s", place.chat_id, exc)
-        except RetryAfter as exc:
-            log.warning("Still rate limited in chat %s after retries: %s", place.chat_id, exc)
+        except Forbidden:
+            return False
         except TelegramError as exc:
-            log.error("Could not deliver a message to chat %s: %s", place.chat_id, exc)
+            log.debug("Typing indicator failed in chat %s: %s", self._place.chat_id, exc)
+        return True
+
+    async def send(self, text: str) -> None:
+        await say(self._bot, self._place, text, self._message)
+
+    def stream(self, ready: Callable[[], Awaitable[object]]) -> Stream | None:
+        if not self._streaming:
+            return None
+        return StreamingReply(
+            self._bot,
+            self._place.chat_id,
+            private=self._place.chat_type == ChatType.PRIVATE,
+            thread_id=self._place.thread_id,
+            reply_to=self._message.message_id if self._place.is_group else None,
+            ready=ready,
+        )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import MessageLimit, ParseMode
@@ -18,7 +20,9 @@ from telegram.error import BadRequest, NetworkError
 from bots.telegram.formatting import to_html, utf16_len
 from core.chunking import split_message
 
-__all__ = ["NETWORK_RETRIES", "send_text"]
+__all__ = ["NETWORK_RETRIES", "edit_text", "send_text"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +63,47 @@ async def _send_chunk(
     reply_to: int | None,
     markup: InlineKeyboardMarkup | None,
 ) -> Message:
-    text = to_html(chunk)
-    parse_mode: ParseMode | None = ParseMode.HTML
     reply = (
         ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
         if reply_to is not None
         else None
     )
+
+    async def send(text: str, parse_mode: ParseMode | None) -> Message:
+        return await bot.send_message(
+            chat_id,
+            text,
+            parse_mode=parse_mode,
+            message_thread_id=thread_id,
+            reply_parameters=reply,
+            reply_markup=markup,
+        )
+
+    return await _formatted(send, chunk, chat_id)
+
+
+async def edit_text(bot: Bot, chat_id: int, message_id: int, chunk: str) -> None:
+    """Replace a message's text with ``chunk`` (one message's worth), formatted as sent ones."""
+
+    async def edit(text: str, parse_mode: ParseMode | None) -> object:
+        return await bot.edit_message_text(
+            text, chat_id=chat_id, message_id=message_id, parse_mode=parse_mode
+        )
+
+    await _formatted(edit, chunk, chat_id)
+
+
+async def _formatted(
+    call: Callable[[str, ParseMode | None], Awaitable[T]], chunk: str, chat_id: int
+) -> T:
+    """``call`` with the chunk as HTML, as plain text if Telegram cannot parse it, retried on
+    network errors and 5xx answers."""
+    text = to_html(chunk)
+    parse_mode: ParseMode | None = ParseMode.HTML
     attempt = 0
     while True:
         try:
-            return await bot.send_message(
-                chat_id,
-                text,
-                parse_mode=parse_mode,
-                message_thread_id=thread_id,
-                reply_parameters=reply,
-                reply_markup=markup,
-            )
+            return await call(text, parse_mode)
         except BadRequest as exc:  # a subclass of NetworkError: never worth a blind retry
             # "Text is empty": formatting left nothing visible (a reply that is only an
             # empty code fence); its plain text is not empty.

@@ -1,0 +1,94 @@
+"""Every text personabot says to people, on every platform, written once.
+
+Frontends format these for their platform (Markdown, keyboards, ephemeral answers) but never
+write their own wording, so the terminal, Discord and Telegram say the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from core.personas import Persona
+from core.types import LengthPreset, Mood, MoodResult
+
+APOLOGY = "Sorry, something went wrong on my side. Please try again in a moment."
+"""Said when a reply or command fails in a way the user cannot fix."""
+
+
+def mood_label(mood: MoodResult) -> str:
+    return f"{mood.mood.value} ({mood.confidence:.0%})"
+
+
+def mood_of_text(mood: MoodResult) -> str:
+    return f"Mood: {mood_label(mood)}"
+
+
+def last_mood(mood: Mood | None, usage: str) -> str:
+    """The mood stored with the user's last message here; ``usage`` shows how to test text."""
+    if mood is None:
+        return f"No message from you here yet. Use {usage} to test a sentence."
+    return f"Mood of your last message: {mood.value}"
+
+
+def persona_set(persona: Persona) -> str:
+    return f"Persona set to {persona.display_name} ({persona.name})."
+
+
+def current_persona(persona: Persona) -> str:
+    return f"Current persona: {persona.display_name} ({persona.name}): {persona.description}"
+
+
+def persona_list(personas: Sequence[Persona], current: str, *, markdown: bool = False) -> list[str]:
+    """One line a persona, the current one marked; ``markdown`` sets the names in bold."""
+    mark = "**" if markdown else ""
+    return [
+        f"{'▶' if p.name == current else '•'} {mark}{p.name}{mark} ({p.display_name}): "
+        f"{p.description}"
+        for p in personas
+    ]
+
+
+def conversation_reset(count: int) -> str:
+    return f"Conversation reset ({count} messages forgotten)."
+
+
+def forgotten(count: int, *, everywhere: bool) -> str:
+    where = "in all our conversations on this platform" if everywhere else "here"
+    return f"Done: I deleted {count} stored messages {where} (yours and my replies to them)."
+
+
+def reply_length(current: LengthPreset) -> str:
+    choices = ", ".join(p.value for p in LengthPreset)
+    return f"Reply length: {current.value} (choices: {choices})."
+
+
+def length_set(preset: LengthPreset) -> str:
+    return f"Reply length set to {preset.value}."
+
+
+def answer_mode_set(always: bool) -> str:
+    if always:
+        return "I'll answer every message in this conversation now."
+    return "I'll answer here only when mentioned or replied to."
+
+
+def answer_mode(always: bool, *, private: bool) -> str:
+    if private:
+        return "I answer every message in this private chat."
+    if always:
+        return "I answer every message in this conversation."
+    return "I answer here when mentioned or replied to."
+
+
+def unknown_command(name: str) -> str:
+    return f"Unknown command /{name}. Try /help."
+
+
+def only_admins(action: str) -> str:
+    """A refusal: ``action`` is what the user tried, e.g. "change the persona"."""
+    return f"Only admins can {action}."
+
+
+def what_to_say(mention: str) -> str:
+    """An empty mention: how to write to the bot."""
+    return f"Yes? Write your message after the mention, e.g. {mention} how was your day?"

@@ -1,0 +1,135 @@
+"""Telegram replies shown while they are written: PTB's own client against the fake Bot API.
+
+The flood-control path is the app's: PTB's ``AIORateLimiter`` waits the ``retry_after`` the
+server asks for and retries. A reply is fed to :class:`StreamingReply` as the engine's
+``on_partial`` would feed it; the end-to-end runs through the engine are in
+tests/test_telegram.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from telegram.ext import AIORateLimiter, ExtBot
+
+from bots.telegram.app import RATE_LIMIT_RETRIES
+from bots.telegram.streaming import StreamingReply
+from tests.fake_telegram import TOKEN, FakeBotAPI
+
+ALICE = FakeBotAPI.user(601, "Alice")
+GROUP_ID = -1005555
+INTERVAL = 0.5
+STORY = " ".join(f"word{i}" for i in range(400))[:1500]
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeBotAPI]:
+    server = FakeBotAPI()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def bot(api: FakeBotAPI) -> AsyncIterator[ExtBot[Any]]:
+    """The client as bots.telegram.app builds it: the same rate limiter and retries."""
+    client: ExtBot[Any] = ExtBot(
+        TOKEN,
+        base_url=api.api_url,
+        rate_limiter=AIORateLimiter(max_retries=RATE_LIMIT_RETRIES),
+    )
+    await client.initialize()
+    yield client
+    await client.shutdown()
+
+
+async def at_once() -> None:
+    """The reply's turn to be sent: no earlier reply is waiting."""
+
+
+async def written_gradually(reply: StreamingReply, text: str) -> None:
+    """The text in 50-character steps, as a model writes it, then the finished reply."""
+    for end in range(50, len(text) + 1, 50):
+        reply.update(text[:end])
+        await asyncio.sleep(0.05)
+    await reply.finish(text)
+
+
+async def test_a_long_group_reply_is_edited_at_most_once_per_interval_through_a_429(
+    api: FakeBotAPI, bot: ExtBot[Any]
+) -> None:
+    asked = api.send(FakeBotAPI.group_chat(GROUP_ID), ALICE, "Tell me a long story")
+    api.fail_next("editMessageText", 429, retry_after=1)
+    reply = StreamingReply(
+        bot,
+        GROUP_ID,
+        private=False,
+        thread_id=None,
+        reply_to=asked["message_id"],
+        ready=at_once,
+        interval=INTERVAL,
+    )
+    await written_gradually(reply, STORY)
+
+    (preview,) = api.calls_to("sendMessage")  # one message, edited, never re-sent
+    assert preview.params["text"].endswith(" …")
+    assert int(preview.params["reply_parameters"]["message_id"]) == asked["message_id"]
+    edits = api.calls_to("editMessageText")
+    assert any(edit.status == 429 for edit in edits)  # flood control was asked for
+    done = [edit for edit in edits if edit.status == 200]
+    assert done[-1].params["text"] == STORY  # the finished reply, in full, in place
+    # Previews (every call but the final edit) at most one per interval.
+    shown = [preview, *edits[:-1]]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(shown)]
+    assert gaps and min(gaps) >= INTERVAL * 0.95, gaps
+    assert len(STORY) == 1500 and len(done) <= 1 + 1500 // 50
+
+
+async def test_a_private_reply_streams_as_a_draft_then_arrives_as_one_message(
+    api: FakeBotAPI, bot: ExtBot[Any]
+) -> None:
+    api.send({"id": ALICE["id"], "type": "private", "first_name": "Alice"}, ALICE, "Hi")
+    reply = StreamingReply(
+        bot,
+        ALICE["id"],
+        private=True,
+        thread_id=None,
+        reply_to=None,
+        ready=at_once,
+        interval=INTERVAL,
+    )
+    await written_gradually(reply, STORY)
+
+    drafts = api.calls_to("sendMessageDraft", ok=True)
+    assert drafts and {int(d.params["draft_id"]) for d in drafts} != {0}
+    assert len({d.params["draft_id"] for d in drafts}) == 1  # one draft, animated
+    assert all(d.params["text"].endswith(" …") for d in drafts)
+    assert not api.calls_to("editMessageText")
+    (sent,) = api.sent_to(ALICE["id"])
+    assert sent["text"] == STORY
+
+
+async def test_finishing_after_the_preview_caught_up_does_not_hang(
+    api: FakeBotAPI, bot: ExtBot[Any]
+) -> None:
+    """The model paused after its last partial text: the preview loop waits for new text."""
+    api.send({"id": ALICE["id"], "type": "private", "first_name": "Alice"}, ALICE, "Hi")
+    reply = StreamingReply(
+        bot,
+        ALICE["id"],
+        private=True,
+        thread_id=None,
+        reply_to=None,
+        ready=at_once,
+        interval=0.01,
+    )
+    reply.update("Hello")
+    await api.wait_for(lambda: api.calls_to("sendMessageDraft", ok=True))
+    await asyncio.sleep(0.2)  # well past the interval: the loop now waits for new text
+    async with asyncio.timeout(10):
+        await reply.finish("Hello there.")
+    assert api.sent_to(ALICE["id"])[-1]["text"] == "Hello there."
