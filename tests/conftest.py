@@ -37,6 +37,7 @@ from core.generation.transformers_backend import (  # noqa: E402
     load_transformers_generator,
 )
 from core.settings import Settings  # noqa: E402
+from tests.fake_telegram import FakeBotAPI  # noqa: E402
 from tests.llama_server import llama_server, openai_counter  # noqa: E402, F401 (fixtures)
 from tests.postgres import database_url, outage_server, postgres_server  # noqa: E402, F401
 
@@ -110,3 +111,12 @@ class SharedGenerator:
 
     async def aclose(self) -> None:
         return None
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeBotAPI]:
+    """The fake Telegram Bot API on loopback, for the Telegram tests."""
+    server = FakeBotAPI()
+    await server.start()
+    yield server
+    await server.stop()

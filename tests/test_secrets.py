@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,6 @@ from tests.fake_telegram import TOKEN, FakeBotAPI
 from tests.polling import until
 
 DB_PASSWORD = "S3cret-db-Passw0rd"
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    server = FakeBotAPI()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_a_telegram_error_carrying_the_token_is_logged_without_it(

@@ -27,14 +27,6 @@ STORY = " ".join(f"word{i}" for i in range(400))[:1500]
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    server = FakeBotAPI()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def bot(api: FakeBotAPI) -> AsyncIterator[ExtBot[Any]]:
     """The client as bots.telegram.app builds it: the same rate limiter and retries."""
     client: ExtBot[Any] = ExtBot(

@@ -14,7 +14,6 @@ most every :data:`EDIT_INTERVAL_SECONDS`, well inside Discord's per-channel edit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,6 +22,7 @@ import aiohttp
 import discord
 from discord.abc import Messageable
 
+from bots.conversation.preview_pump import PreviewPump
 from core.chunking import split_message
 
 __all__ = [
@@ -133,14 +133,14 @@ class StreamingReply:
     ) -> None:
         self._channel = channel
         self._reference = reference
-        self._ready = ready
-        self._interval = interval
-        self._latest = ""
-        self._shown = ""
         self._message: discord.Message | None = None
-        self._changed = asyncio.Event()
-        self._finishing = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._pump = PreviewPump(
+            self._show,
+            preview=_preview,
+            ready=ready,
+            interval=interval,
+            gives_up=(discord.HTTPException, aiohttp.ClientError),
+        )
 
     @property
     def message(self) -> discord.Message | None:
@@ -148,42 +148,17 @@ class StreamingReply:
         return self._message
 
     def update(self, text: str) -> None:
-        if not text.strip() or self._finishing.is_set():
-            return
-        self._latest = text
-        self._changed.set()
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._show())
+        self._pump.update(text)
 
-    async def _show(self) -> None:
-        await self._ready()
-        while not self._finishing.is_set():
-            await self._changed.wait()
-            self._changed.clear()
-            if self._finishing.is_set():
-                return
-            preview = _preview(self._latest)
-            if preview != self._shown:
-                try:
-                    if self._message is None:
-                        self._message = await _send_one(self._channel, preview, self._reference)
-                    else:
-                        await self._message.edit(content=preview, allowed_mentions=NO_MENTIONS)
-                except (discord.HTTPException, aiohttp.ClientError) as exc:
-                    log.info("Stopped showing a reply while it is written: %s", exc)
-                    return
-                self._shown = preview
-            # The pause doubles as the rate limit; finish() cuts it short.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._finishing.wait(), self._interval)
+    async def _show(self, preview: str) -> None:
+        if self._message is None:
+            self._message = await _send_one(self._channel, preview, self._reference)
+        else:
+            await self._message.edit(content=preview, allowed_mentions=NO_MENTIONS)
 
     async def finish(self, text: str) -> list[discord.Message]:
         """Show ``text`` as the final reply; returns every message it occupies."""
-        self._finishing.set()
-        self._changed.set()  # wakes a preview loop waiting for new text
-        if self._task is not None:
-            # Not cancelled: a send interrupted half-way could post a message twice.
-            await self._task
+        await self._pump.stop()
         chunks = split_reply(text)
         message = self._message
         if message is None:

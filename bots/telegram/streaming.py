@@ -12,8 +12,6 @@ fails is given up, and the reply is sent whole.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -22,6 +20,7 @@ from telegram import Bot, Message, ReplyParameters
 from telegram.constants import MessageLimit
 from telegram.error import BadRequest, TelegramError
 
+from bots.conversation.preview_pump import PreviewPump
 from bots.telegram.formatting import utf16_len
 from bots.telegram.sending import edit_text, send_text
 from core.chunking import split_message
@@ -65,44 +64,19 @@ class StreamingReply:
         self._private = private
         self._thread_id = thread_id
         self._reply_to = reply_to
-        self._ready = ready
-        default = PRIVATE_INTERVAL_SECONDS if private else GROUP_INTERVAL_SECONDS
-        self._interval = default if interval is None else interval
         self._draft_id = secrets.randbelow(2**31 - 1) + 1  # any non-zero id
-        self._latest = ""
-        self._shown = ""
         self._message: Message | None = None
-        self._changed = asyncio.Event()
-        self._finishing = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        default = PRIVATE_INTERVAL_SECONDS if private else GROUP_INTERVAL_SECONDS
+        self._pump = PreviewPump(
+            self._show_preview,
+            preview=_preview,
+            ready=ready,
+            interval=default if interval is None else interval,
+            gives_up=(TelegramError,),
+        )
 
     def update(self, text: str) -> None:
-        if not text.strip() or self._finishing.is_set():
-            return
-        self._latest = text
-        self._changed.set()
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._show())
-
-    async def _show(self) -> None:
-        await self._ready()
-        while not self._finishing.is_set():
-            await self._changed.wait()
-            self._changed.clear()
-            if self._finishing.is_set():
-                return
-            preview = _preview(self._latest)
-            if preview == self._shown:
-                continue
-            try:
-                await self._show_preview(preview)
-            except TelegramError as exc:
-                log.info("Stopped showing a reply while it is written: %s", exc)
-                return
-            self._shown = preview
-            # The interval between two previews; finishing cuts the wait short.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._finishing.wait(), self._interval)
+        self._pump.update(text)
 
     async def _show_preview(self, preview: str) -> None:
         # Plain text: a half-written reply may hold unbalanced Markdown.
@@ -126,11 +100,7 @@ class StreamingReply:
 
     async def finish(self, text: str) -> None:
         """Send ``text`` as the reply: the group's preview becomes its first part."""
-        self._finishing.set()
-        self._changed.set()  # wakes a preview loop waiting for new text
-        if self._task is not None:
-            # Not cancelled: a send interrupted half-way could post a message twice.
-            await self._task
+        await self._pump.stop()
         try:
             await self._send_final(text)
         except TelegramError as exc:
