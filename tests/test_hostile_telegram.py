@@ -33,8 +33,8 @@ from tests.test_telegram import (
     private,
 )
 
-# The Telegram tests' fixtures: a fake Bot API, a running bot, the frontend's own PTB bot.
-api = telegram_tests.api
+# The Telegram tests' fixtures: a running bot and the frontend's own PTB bot (the fake Bot
+# API, `api`, is tests/conftest.py's).
 bot = telegram_tests.bot
 start_bot = telegram_tests.start_bot
 
