@@ -43,6 +43,12 @@ async def at_once() -> None:
     """The reply's turn to be sent: no earlier reply is waiting."""
 
 
+def streaming(bot: ExtBot[Any], chat_id: int, *, private: bool, **options: Any) -> StreamingReply:
+    """A reply streamed to ``chat_id`` whose turn has come."""
+    defaults: dict[str, Any] = {"thread_id": None, "reply_to": None, "interval": INTERVAL}
+    return StreamingReply(bot, chat_id, private=private, ready=at_once, **{**defaults, **options})
+
+
 async def written_gradually(reply: StreamingReply, text: str) -> None:
     """The text in 50-character steps, as a model writes it, then the finished reply."""
     for end in range(50, len(text) + 1, 50):
@@ -56,15 +62,7 @@ async def test_a_long_group_reply_is_edited_at_most_once_per_interval_through_a_
 ) -> None:
     asked = api.send(FakeBotAPI.group_chat(GROUP_ID), ALICE, "Tell me a long story")
     api.fail_next("editMessageText", 429, retry_after=1)
-    reply = StreamingReply(
-        bot,
-        GROUP_ID,
-        private=False,
-        thread_id=None,
-        reply_to=asked["message_id"],
-        ready=at_once,
-        interval=INTERVAL,
-    )
+    reply = streaming(bot, GROUP_ID, private=False, reply_to=asked["message_id"])
     await written_gradually(reply, STORY)
 
     (preview,) = api.calls_to("sendMessage")  # one message, edited, never re-sent
@@ -85,15 +83,7 @@ async def test_a_private_reply_streams_as_a_draft_then_arrives_as_one_message(
     api: FakeBotAPI, bot: ExtBot[Any]
 ) -> None:
     api.send({"id": ALICE["id"], "type": "private", "first_name": "Alice"}, ALICE, "Hi")
-    reply = StreamingReply(
-        bot,
-        ALICE["id"],
-        private=True,
-        thread_id=None,
-        reply_to=None,
-        ready=at_once,
-        interval=INTERVAL,
-    )
+    reply = streaming(bot, ALICE["id"], private=True)
     await written_gradually(reply, STORY)
 
     drafts = api.calls_to("sendMessageDraft", ok=True)
@@ -110,15 +100,7 @@ async def test_finishing_after_the_preview_caught_up_does_not_hang(
 ) -> None:
     """The model paused after its last partial text: the preview loop waits for new text."""
     api.send({"id": ALICE["id"], "type": "private", "first_name": "Alice"}, ALICE, "Hi")
-    reply = StreamingReply(
-        bot,
-        ALICE["id"],
-        private=True,
-        thread_id=None,
-        reply_to=None,
-        ready=at_once,
-        interval=0.01,
-    )
+    reply = streaming(bot, ALICE["id"], private=True, interval=0.01)
     reply.update("Hello")
     await api.wait_for(lambda: api.calls_to("sendMessageDraft", ok=True))
     await asyncio.sleep(0.2)  # well past the interval: the loop now waits for new text

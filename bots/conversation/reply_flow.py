@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Literal, Protocol
 
 from bots.conversation import texts
@@ -91,10 +91,22 @@ class ReplyFlow:
             typing_interval=typing_interval,
         )
 
-    @property
-    def accepting(self) -> bool:
-        """False once :meth:`drain` has begun: new messages are ignored."""
-        return self._accepting
+    @contextlib.contextmanager
+    def accepted(self) -> Iterator[bool]:
+        """Whether a new message is taken; a shutdown waits for the block of one that is.
+
+        Entered as soon as a message arrives, so the checks before :meth:`answer` (is it
+        addressed to the bot? a database read) count as in flight too.
+        """
+        task = asyncio.current_task()
+        if not self._accepting or task is None:
+            yield self._accepting
+            return
+        self._in_flight.add(task)
+        try:
+            yield True
+        finally:
+            self._in_flight.discard(task)
 
     async def drain(self) -> int:
         """Stop taking messages and wait until the replies being written are sent."""
@@ -107,19 +119,10 @@ class ReplyFlow:
     async def answer(
         self, conversation: ConversationRef, author: Author, text: str, delivery: Delivery
     ) -> None:
-        """Answer one message addressed to the bot, or say why not (cooldown, error)."""
-        task = asyncio.current_task()
-        if task is not None:  # tracked, so that a shutdown waits for it
-            self._in_flight.add(task)
-        try:
-            await self._answer(conversation, author, text, delivery)
-        finally:
-            if task is not None:
-                self._in_flight.discard(task)
+        """Answer one message addressed to the bot, or say why not (cooldown, error).
 
-    async def _answer(
-        self, conversation: ConversationRef, author: Author, text: str, delivery: Delivery
-    ) -> None:
+        Called inside :meth:`accepted`, so that a shutdown waits for the reply.
+        """
         decision = self._limits.check(author.id, conversation.key())
         if decision.notice is not None:
             await delivery.send(decision.notice)

@@ -121,8 +121,11 @@ class DiscordMessages:
 
     async def on_message(self, message: discord.Message, me: discord.ClientUser) -> None:
         """discord.py's on_message: decide whether to answer, then answer."""
-        if not self._flow.accepting or not _is_chat(message, me):
-            return
+        with self._flow.accepted() as accepted:
+            if accepted and _is_chat(message, me):
+                await self._answer(message, me)
+
+    async def _answer(self, message: discord.Message, me: discord.ClientUser) -> None:
         conversation = conversation_of(message.channel)
         if message.guild is not None and not (
             addressed_to(message, me) or await self._always_answer(conversation)

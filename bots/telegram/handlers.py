@@ -194,9 +194,10 @@ class TelegramFrontend:
         if place.is_group and not addressed_to(message, context.bot):
             return
         text = strip_mention(message.text, context.bot.username) if place.is_group else message.text
-        if self._flow.accepting:
-            delivery = ChatDelivery(context.bot, place, message, streaming=self._streaming)
-            await self._flow.answer(place.conversation, author, text, delivery)
+        with self._flow.accepted() as accepted:
+            if accepted:
+                delivery = ChatDelivery(context.bot, place, message, streaming=self._streaming)
+                await self._flow.answer(place.conversation, author, text, delivery)
 
     # -- commands -----------------------------------------------------------------------------
 

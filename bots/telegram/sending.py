@@ -20,7 +20,7 @@ from telegram.error import BadRequest, NetworkError
 from bots.telegram.formatting import to_html, utf16_len
 from core.chunking import split_message
 
-__all__ = ["NETWORK_RETRIES", "edit_text", "send_text"]
+__all__ = ["NETWORK_RETRIES", "edit_text", "quoting", "send_text"]
 
 T = TypeVar("T")
 
@@ -63,11 +63,7 @@ async def _send_chunk(
     reply_to: int | None,
     markup: InlineKeyboardMarkup | None,
 ) -> Message:
-    reply = (
-        ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
-        if reply_to is not None
-        else None
-    )
+    reply = quoting(reply_to)
 
     async def send(text: str, parse_mode: ParseMode | None) -> Message:
         return await bot.send_message(
@@ -80,6 +76,13 @@ async def _send_chunk(
         )
 
     return await _formatted(send, chunk, chat_id)
+
+
+def quoting(message_id: int | None) -> ReplyParameters | None:
+    """Reply parameters that quote ``message_id``, sent anyway if it was deleted meanwhile."""
+    if message_id is None:
+        return None
+    return ReplyParameters(message_id=message_id, allow_sending_without_reply=True)
 
 
 async def edit_text(bot: Bot, chat_id: int, message_id: int, chunk: str) -> None:

@@ -16,13 +16,13 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-from telegram import Bot, Message, ReplyParameters
+from telegram import Bot, Message
 from telegram.constants import MessageLimit
 from telegram.error import BadRequest, TelegramError
 
 from bots.conversation.preview_pump import PreviewPump
 from bots.telegram.formatting import utf16_len
-from bots.telegram.sending import edit_text, send_text
+from bots.telegram.sending import edit_text, quoting, send_text
 from core.chunking import split_message
 
 __all__ = ["GROUP_INTERVAL_SECONDS", "PRIVATE_INTERVAL_SECONDS", "StreamingReply"]
@@ -85,13 +85,11 @@ class StreamingReply:
                 self._chat_id, self._draft_id, preview, message_thread_id=self._thread_id
             )
         elif self._message is None:
-            reply = (
-                None
-                if self._reply_to is None
-                else ReplyParameters(message_id=self._reply_to, allow_sending_without_reply=True)
-            )
             self._message = await self._bot.send_message(
-                self._chat_id, preview, message_thread_id=self._thread_id, reply_parameters=reply
+                self._chat_id,
+                preview,
+                message_thread_id=self._thread_id,
+                reply_parameters=quoting(self._reply_to),
             )
         else:
             await self._bot.edit_message_text(

@@ -8,6 +8,7 @@ model its cache asks here which name this model's ``forward`` takes.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -18,7 +19,14 @@ OLD = "past_key_values"
 def cache_keyword(model: Any) -> str:
     """``cache`` where ``model`` (or the model a peft wrapper holds) takes it, else the old name."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return NEW if NEW in inspect.signature(base.forward).parameters else OLD
+    forward_owner: Any = type(base)
+    return _keyword_of(forward_owner)
+
+
+@functools.cache
+def _keyword_of(model_class: Any) -> str:
+    """Read once per model class: decode steps ask at every step."""
+    return NEW if NEW in inspect.signature(model_class.forward).parameters else OLD
 
 
 def with_cache(model: Any, cache: Any) -> dict[str, Any]:
