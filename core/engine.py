@@ -10,7 +10,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from core.errors import (
@@ -70,6 +71,9 @@ APOLOGY_OUT_OF_MEMORY = (
 )
 #: What the user is told when too many replies are already waiting for the model.
 BUSY = "Sorry, I'm answering a lot of messages right now. Please try again in a moment."
+
+#: The least sampling temperature of a retry, so that it can say something else.
+RETRY_MIN_TEMPERATURE = 0.7
 
 #: How often expired history is deleted while running (besides once at start-up).
 RETENTION_INTERVAL_SECONDS = 3600.0
@@ -141,12 +145,40 @@ class Engine:
         usual. Every call ends in one ``event=reply`` (or ``reply_failed``) log line and in
         the metrics.
         """
+        return await self._measured(
+            conversation, self._answer(conversation, author, text, on_partial=on_partial)
+        )
+
+    async def retry(
+        self,
+        conversation: ConversationRef,
+        author: Author,
+        *,
+        may_retry_others: bool,
+        on_partial: PartialReply | None = None,
+    ) -> Reply:
+        """Write the last reply here again, in place of the old one (/retry).
+
+        The conversation's last message is answered anew: its reply is rewritten in place,
+        so the history keeps one answer, not two; a message whose reply failed gets one.
+        Only its author may ask, unless ``may_retry_others`` (an admin, or a private chat).
+        It takes its turn like a message, so replies being written are finished first.
+        """
+        return await self._measured(
+            conversation,
+            self._answer_again(
+                conversation, author, may_retry_others=may_retry_others, on_partial=on_partial
+            ),
+        )
+
+    async def _measured(self, conversation: ConversationRef, work: Awaitable[Reply]) -> Reply:
+        """Await a reply with its ``event=reply`` (or ``reply_failed``) log line and metrics."""
         started = time.perf_counter()
         self._in_flight += 1
         self.metrics.queue_depth.inc()
         outcome = "error"
         try:
-            result = await self._answer(conversation, author, text, on_partial=on_partial)
+            result = await work
             outcome = "ok"
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -221,17 +253,9 @@ class Engine:
             else:
                 prompt, history = await self._prompt_for(state, persona, mood, user_message)
             params = self._sampling(persona, state.length, history, user_message)
-            generation_started = time.perf_counter()
-            try:
-                reply_text = await self._generate(
-                    prompt, params, persona, history, user_message, on_partial
-                )
-            except Exception as exc:
-                failure = self._generation_failure(exc, state, persona, user_message, prompt)
-                if failure is exc:
-                    raise
-                raise failure from exc
-            generation_seconds = time.perf_counter() - generation_started
+            reply_text, generation_seconds = await self._write_reply(
+                state, persona, prompt, params, history, user_message, on_partial
+            )
             reply_message = await self._store.add_message(
                 state.id,
                 role="assistant",
@@ -253,6 +277,95 @@ class Engine:
             history_messages_used=prompt.history_used,
             extra={"generation_seconds": generation_seconds},
         )
+
+    async def _answer_again(
+        self,
+        conversation: ConversationRef,
+        author: Author,
+        *,
+        may_retry_others: bool,
+        on_partial: PartialReply | None,
+    ) -> Reply:
+        turn = self._turns.join(conversation.key())
+        try:
+            await turn.wait()
+            state = await self._state(conversation)
+            question, old = _last_exchange(await self._store.history(state.id, limit=2))
+            if question is None:
+                raise InputError("There is no reply here to write again yet.")
+            if question.author_id != author.id and not may_retry_others:
+                raise InputError(
+                    f"Only {question.author_name} or an admin can ask me to write my last "
+                    "reply again."
+                )
+            persona = self._persona_of(state)
+            # The question's own thread (it, and the old reply) is not history.
+            stored = await self._store.history(
+                state.id, limit=self._settings.history_messages + 2, up_to_id=question.id
+            )
+            history = self._prompt_history(
+                [m for m in stored if question.id not in (m.id, m.reply_to_id)]
+            )
+            mood = (
+                UNSURE
+                if question.mood is None
+                else MoodResult(question.mood, question.mood_confidence or 0.0)
+            )
+            prompt = self._build_prompt(state, persona, mood, history, question)
+            params = _resampled(self._sampling(persona, state.length, history, question), old)
+            reply_text, generation_seconds = await self._write_reply(
+                state, persona, prompt, params, history, question, on_partial
+            )
+            speaker = Author(id="personabot", display_name=persona.display_name)
+            rewritten = old is not None and await self._store.rewrite_reply(
+                old.id, text=reply_text, author=speaker, persona=persona.name
+            )
+            reply_id = old.id if old is not None and rewritten else None
+            if reply_id is None:
+                reply_id = (
+                    await self._store.add_message(
+                        state.id,
+                        role="assistant",
+                        author=speaker,
+                        text=reply_text,
+                        persona=persona.name,
+                        reply_to_id=question.id,
+                    )
+                ).id
+        finally:
+            turn.finish()
+        log_event("retry", conversation=conversation.key(), reply_message=reply_id)
+        return Reply(
+            text=reply_text,
+            mood=mood,
+            persona=persona.name,
+            user_message_id=question.id,
+            reply_message_id=reply_id,
+            prompt_tokens=prompt.tokens,
+            history_messages_used=prompt.history_used,
+            extra={"generation_seconds": generation_seconds},
+        )
+
+    async def _write_reply(
+        self,
+        state: ConversationState,
+        persona: Persona,
+        prompt: Prompt,
+        params: SamplingParams,
+        history: Sequence[StoredMessage],
+        current: StoredMessage,
+        on_partial: PartialReply | None,
+    ) -> tuple[str, float]:
+        """The reply's text and the seconds it took; a failure as the error to show."""
+        started = time.perf_counter()
+        try:
+            text = await self._generate(prompt, params, persona, history, current, on_partial)
+        except Exception as exc:
+            failure = self._generation_failure(exc, state, persona, current, prompt)
+            if failure is exc:
+                raise
+            raise failure from exc
+        return text, time.perf_counter() - started
 
     def _generation_failure(
         self,
@@ -660,6 +773,33 @@ class Engine:
                 log.exception("The partial-reply callback failed; generation goes on.")
         raw = "".join(pieces)
         return raw, self._reply_tokens(raw)
+
+
+def _last_exchange(
+    latest: Sequence[StoredMessage],
+) -> tuple[StoredMessage | None, StoredMessage | None]:
+    """The last user message of the newest messages (oldest first), and its reply if any."""
+    if not latest:
+        return None, None
+    last = latest[-1]
+    if last.role == "user":
+        return last, None
+    question = next((m for m in latest if m.id == last.reply_to_id), None)
+    return (question, last) if question is not None else (None, None)
+
+
+def _resampled(params: SamplingParams, old: StoredMessage | None) -> SamplingParams:
+    """Sampling for a retry: it must not write the same reply again.
+
+    The seed moves on from the old reply's text, so retries stay reproducible under
+    PERSONABOT_SEED yet differ each time; a persona that decodes nearly greedily samples.
+    """
+    seed = params.seed
+    if seed is not None and old is not None:
+        seed = (seed + zlib.crc32(old.text.encode())) % 2**31
+    return dataclasses.replace(
+        params, seed=seed, temperature=max(params.temperature, RETRY_MIN_TEMPERATURE)
+    )
 
 
 def _last_text(messages: Sequence[StoredMessage]) -> str | None:

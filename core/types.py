@@ -121,6 +121,7 @@ class StoredMessage:
     persona: str | None
     created_at: datetime
     reply_to_id: int | None = None
+    mood_confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

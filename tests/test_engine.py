@@ -205,3 +205,46 @@ async def test_default_persona_must_exist(make_settings: SettingsFactory) -> Non
 
 def _shared(generator: TransformersGenerator) -> Generator:
     return SharedGenerator(generator)
+
+
+async def test_retry_rewrites_the_last_reply_in_place(engine: Engine) -> None:
+    first = await engine.reply(conv(), ALICE, "Hello! How are you today?")
+    last = await engine.reply(conv(), ALICE, "What should I cook tonight?")
+    again = await engine.retry(conv(), ALICE, may_retry_others=False)
+    assert again.text.strip() and again.text != last.text
+    assert again.reply_message_id == last.reply_message_id
+    assert again.user_message_id == last.user_message_id
+    stored = await engine.history(conv())
+    assert [(m.role, m.text) for m in stored] == [
+        ("user", "Hello! How are you today?"),
+        ("assistant", first.text),
+        ("user", "What should I cook tonight?"),
+        ("assistant", again.text),
+    ]
+    assert stored[-1].reply_to_id == stored[-2].id
+    # Retrying again moves on again, and the history still holds one answer.
+    third = await engine.retry(conv(), ALICE, may_retry_others=False)
+    assert third.text != again.text
+    assert [m.text for m in await engine.history(conv())][-1] == third.text
+    assert len(await engine.history(conv())) == 4
+
+
+async def test_retry_prompt_is_the_first_one_without_the_old_reply(engine: Engine) -> None:
+    await engine.reply(conv(), ALICE, "Hello there.")
+    last = await engine.reply(conv(), ALICE, "I'm so happy today, this is wonderful!")
+    again = await engine.retry(conv(), ALICE, may_retry_others=False)
+    # The earlier exchange is history; the message's own old reply is not. Its mood stays.
+    assert last.history_messages_used == again.history_messages_used == 2
+    assert again.mood.mood is Mood.HAPPINESS is last.mood.mood
+
+
+async def test_retry_needs_a_message_and_its_author_or_an_admin(engine: Engine) -> None:
+    with pytest.raises(InputError, match="no reply here"):
+        await engine.retry(conv(), ALICE, may_retry_others=True)
+    reply = await engine.reply(conv(), ALICE, "Tell me a joke.")
+    with pytest.raises(InputError, match="Only Alice or an admin"):
+        await engine.retry(conv(), BOB, may_retry_others=False)
+    assert (await engine.history(conv()))[-1].text == reply.text  # untouched
+    again = await engine.retry(conv(), BOB, may_retry_others=True)
+    assert (await engine.history(conv()))[-1].text == again.text
+

@@ -145,3 +145,19 @@ async def test_the_terminal_shows_the_apology_as_an_error_line(
 
     assert (line.kind, line.text) == ("error", APOLOGY_OUT_OF_MEMORY)
     assert (await chat.handle("And now?")).kind == "reply"
+
+
+async def test_retry_answers_the_message_whose_reply_failed(
+    engine: Engine, offline_generator: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = innermost(offline_generator._model)
+    error = RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED")
+    monkeypatch.setattr(model, "forward", FailingForward(model, error, on_call=2))
+    with pytest.raises(GenerationError):
+        await engine.reply(HERE, ALICE, "Are you there?")
+    assert [m.role for m in await engine.history(HERE)] == ["user"]
+
+    again = await engine.retry(HERE, ALICE, may_retry_others=False)
+    stored = await engine.history(HERE)
+    assert [m.role for m in stored] == ["user", "assistant"]
+    assert stored[1].text == again.text and stored[1].reply_to_id == stored[0].id

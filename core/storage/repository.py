@@ -238,6 +238,26 @@ class ConversationStore:
 
         return await self._run("read the conversation history", attempt)
 
+    async def rewrite_reply(
+        self, message_id: int, *, text: str, author: Author, persona: str
+    ) -> bool:
+        """Put a regenerated reply in place of the old one (/retry); False if it is gone.
+
+        Updated in place, not deleted and added again: the reply keeps its id and its place
+        in the history, so the history holds one answer to the message, never two.
+        """
+
+        async def attempt() -> bool:
+            async with self._db.transaction() as session:
+                result = await session.execute(
+                    update(Message)
+                    .where(Message.id == message_id, Message.role == "assistant")
+                    .values(text=text, author_name=author.display_name, persona=persona)
+                )
+            return _rowcount(result) > 0
+
+        return await self._run("store the new reply", attempt)
+
     async def clear_history(self, conversation_id: int) -> int:
         """Delete the conversation's messages (not its settings); returns how many."""
 
@@ -444,4 +464,5 @@ def _stored(row: Message | Row[Any]) -> StoredMessage:
         persona=row.persona,
         created_at=row.created_at,
         reply_to_id=row.reply_to_id,
+        mood_confidence=row.mood_confidence,
     )
