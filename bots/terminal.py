@@ -19,6 +19,12 @@ from typing import TextIO
 from bots.conversation import texts
 from bots.conversation.commands import help_lines
 from bots.conversation.last_mood import last_mood
+from bots.conversation.persona_editing import (
+    create_persona,
+    delete_persona,
+    fields_from_text,
+    persona_action,
+)
 from core.engine import Engine
 from core.errors import PersonabotError
 from core.types import Author, ConversationRef, MoodResult
@@ -68,6 +74,7 @@ class TerminalChat:
             "persona": self._persona,
             "personas": self._personas,
             "reset": self._reset,
+            "retry": self._retry,
             "forget": self._forget,
             "mood": self._mood,
             "length": self._length,
@@ -137,8 +144,21 @@ class TerminalChat:
     # -- commands -----------------------------------------------------------------------------
 
     async def _persona(self, argument: str) -> Line:
-        if argument:
-            persona = await self._engine.set_persona(self._conversation, argument)
+        action, rest = persona_action(argument)
+        if action == "create":
+            created_by = f"{self._conversation.platform}:{self._author.id}"
+            answer = await create_persona(
+                self._engine,
+                fields_from_text(rest),
+                created_by=created_by,
+                switch_with="/persona",
+            )
+            return Line(answer)
+        if action == "delete":
+            removed, answer = await delete_persona(self._engine, rest)
+            return Line(answer, "info" if removed else "error")
+        if rest:
+            persona = await self._engine.set_persona(self._conversation, rest)
             return Line(texts.persona_set(persona))
         return Line(texts.current_persona(await self._engine.persona(self._conversation)))
 
@@ -151,6 +171,10 @@ class TerminalChat:
     async def _reset(self, argument: str) -> Line:
         count = await self._engine.reset(self._conversation)
         return Line(texts.conversation_reset(count))
+
+    async def _retry(self, argument: str) -> Line:
+        reply = await self._engine.retry(self._conversation, self._author, may_retry_others=True)
+        return Line(reply.text, "reply", persona=reply.persona, mood=reply.mood)
 
     async def _forget(self, argument: str) -> Line:
         count = await self._engine.forget(self._author, self._conversation)

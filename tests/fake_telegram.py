@@ -252,6 +252,10 @@ class FakeBotAPI:
             c for c in self.calls if c.method == method and (ok is None or (c.status == 200) == ok)
         ]
 
+    def message(self, chat_id: int, message_id: int) -> JSON:
+        """A message as it is now, edits included."""
+        return self._messages[(chat_id, message_id)]
+
     def sent_to(self, chat_id: int) -> list[JSON]:
         return [m for m in self.sent if m["chat"]["id"] == chat_id]
 

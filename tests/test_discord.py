@@ -23,6 +23,8 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 from sqlalchemy import text
 
+from bots.conversation import texts
+from bots.conversation.commands import commands_on, menu
 from bots.discord import PersonaBotClient, discord_endpoints, run_discord
 from bots.discord.sending import MESSAGE_LIMIT, StreamingReply, send_text
 from bots.runner import plan_frontends
@@ -200,9 +202,19 @@ async def test_startup_logs_in_syncs_commands_and_identifies_with_the_right_inte
     assert identify["token"] == TOKEN
 
     commands = {c["name"]: c for c in fake.commands[None]}
-    assert set(commands) == {"persona", "reset", "forget", "mood", "length", "chat", "help"}
+    assert set(commands) == {word for word, _ in menu("discord")}
+    assert {"persona", "reset", "retry", "forget", "mood", "length", "chat", "help"} <= set(
+        commands
+    )
     persona = {o["name"]: o for o in commands["persona"]["options"]}
     assert set(persona) == {"set", "list", "show", "create", "delete"}
+    # Every Discord spelling in the shared command table is a registered (sub)command.
+    for command in commands_on("discord"):
+        for spelling in (command.on("discord") or "").split(", "):
+            name, *rest = spelling.lstrip("/").split()
+            subcommands = {o["name"] for o in commands[name].get("options", []) if o["type"] == 1}
+            if rest and subcommands:
+                assert rest[0] in subcommands, spelling
     (name_option,) = persona["set"]["options"]
     assert name_option["autocomplete"] is True and name_option["required"] is True
     assert int(commands["reset"]["default_member_permissions"]) == MANAGE_MESSAGES
@@ -491,6 +503,52 @@ async def test_a_member_cannot_create_or_delete_personas_and_an_admin_can(
     )
     assert deleted["content"] == "Deleted the persona chef."
     assert "chef" not in {p.name for p in engine.personas()}
+
+
+async def test_retry_edits_the_last_reply_in_place_or_sends_a_new_one(
+    start_bot: StartBot, fake: FakeDiscord
+) -> None:
+    engine = (await start_bot()).engine
+    await short_replies(fake, GENERAL)
+    await fake.mention(GENERAL, bob(fake), "What is your favourite colour?")
+    (first,) = await fake.messages_in(GENERAL, 1)
+    old_text = first["content"]
+
+    # Bob asks again for the answer to his own message: no permission needed.
+    done = await fake.answer(await fake.slash(bob(fake), GENERAL, "retry"))
+    assert done["flags"] & EPHEMERAL and done["content"] == texts.RETRIED
+    assert len(fake.sent_to(GENERAL)) == 1  # edited, not sent again
+    assert fake.edits[-1]["id"] == first["id"]
+    new_text = fake.sent_to(GENERAL)[0]["content"]
+    assert new_text != old_text
+    stored = await engine.history(here(GENERAL))
+    assert [(m.role, words(m.text)) for m in stored][-1] == ("assistant", words(new_text))
+    assert len(stored) == 2  # replaced in the history, not added
+
+    # After the bot said something else here, the new reply is a new message.
+    await fake.answer(await fake.slash(alice(fake), GENERAL, "length", preset="short"))
+    edits = len(fake.edits)
+    await fake.answer(await fake.slash(alice(fake), GENERAL, "retry"))
+    (_, second) = await fake.messages_in(GENERAL, 2)
+    assert len(fake.edits) == edits
+    stored = await engine.history(here(GENERAL))
+    assert len(stored) == 2 and words(stored[-1].text) == words(second["content"])
+
+
+async def test_retry_of_someone_elses_reply_needs_manage_messages(
+    start_bot: StartBot, fake: FakeDiscord
+) -> None:
+    engine = (await start_bot()).engine
+    await short_replies(fake, GENERAL)
+    await fake.mention(GENERAL, alice(fake), "Tell me about the sea.")
+    (reply,) = await fake.messages_in(GENERAL, 1)
+    refused = await fake.answer(await fake.slash(bob(fake), GENERAL, "retry"))
+    assert refused["flags"] & EPHEMERAL
+    assert refused["content"].startswith("Only Alice or an admin")
+    assert fake.sent_to(GENERAL)[0]["content"] == reply["content"]
+    nothing = await fake.answer(await fake.slash(bob(fake), RANDOM, "retry"))
+    assert "no reply here" in nothing["content"] and nothing["flags"] & EPHEMERAL
+    assert len(await engine.history(here(GENERAL))) == 2
 
 
 async def test_mood_answers_privately_after_a_deferral(

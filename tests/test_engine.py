@@ -247,4 +247,3 @@ async def test_retry_needs_a_message_and_its_author_or_an_admin(engine: Engine) 
     assert (await engine.history(conv()))[-1].text == reply.text  # untouched
     again = await engine.retry(conv(), BOB, may_retry_others=True)
     assert (await engine.history(conv()))[-1].text == again.text
-

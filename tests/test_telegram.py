@@ -22,9 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
+from bots.conversation.commands import commands_on
 from bots.runner import plan_frontends
 from bots.telegram import build_application, run_telegram
-from bots.telegram.handlers import COMMANDS
+from bots.telegram.commands import COMMANDS
 from bots.telegram.sending import send_text
 from core.bootstrap import build_engine
 from core.engine import Engine
@@ -117,6 +118,11 @@ async def answers(api: FakeBotAPI, chat_id: int, count: int) -> list[JSON]:
     return api.sent_to(chat_id)[:count]
 
 
+def telegram_spellings() -> list[tuple[str, str]]:
+    """(command name, Telegram spelling) for every command of the shared table here."""
+    return [(c.name, c.on("telegram") or "") for c in commands_on("telegram")]
+
+
 def words(text: str) -> list[str]:
     """Text as a reader sees it: Markdown markers and spacing do not matter."""
     return text.replace("**", "").replace("`", "").split()
@@ -134,9 +140,11 @@ async def test_startup_registers_commands_and_polls_with_offsets(
         "persona",
         "personas",
         "reset",
+        "retry",
         "forget",
         "mood",
         "length",
+        "chat",
         "help",
     ]
     assert api.calls_to("deleteWebhook")  # polling starts by making sure no webhook is set
@@ -713,3 +721,125 @@ async def test_forget_deletes_only_the_callers_messages_and_needs_no_admin(
     assert everywhere.startswith("Done: I deleted 2 stored messages in all our conversations")
     assert await engine.history(conversation(ALICE["id"])) == []
     assert len(await engine.history(here)) == 2  # Bob's exchange stays
+
+
+# -- /retry, /persona create|delete and /chat, as on Discord and the terminal -------------------
+
+
+async def test_retry_edits_the_last_reply_in_place_or_sends_a_new_one(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot()).engine
+    chat = private(ALICE)
+    api.send(chat, ALICE, "/length short")
+    api.send(chat, ALICE, "What is your favourite colour?")
+    (_, reply) = await answers(api, ALICE["id"], 2)
+    api.send(chat, ALICE, "/retry")
+    edit = await api.wait_for(lambda: api.calls_to("editMessageText", ok=True))
+    assert int(edit[0].params["message_id"]) == reply["message_id"]
+    new_text = api.message(ALICE["id"], reply["message_id"])["text"]
+    assert new_text != reply["text"]
+    history = await engine.history(conversation(ALICE["id"]))
+    assert len(history) == 2 and words(history[1].text) == words(new_text)
+
+    # After another answer from the bot, the new reply comes as a new message.
+    api.send(chat, ALICE, "/mood")
+    await answers(api, ALICE["id"], 3)
+    api.send(chat, ALICE, "/retry")
+    (*_, newest) = await answers(api, ALICE["id"], 4)
+    assert len(api.calls_to("editMessageText", ok=True)) == 1
+    history = await engine.history(conversation(ALICE["id"]))
+    assert len(history) == 2 and words(history[1].text) == words(newest["text"])
+
+
+async def test_retry_in_a_group_is_for_the_person_answered_or_admins(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot()).engine
+    group = FakeBotAPI.group_chat(GROUP_ID)
+    api.send(group, ALICE, f"@{BOT_USERNAME} tell me about the sea")
+    (reply,) = await answers(api, GROUP_ID, 1)
+    asked = api.send(group, BOB, "/retry")
+    (_, refusal) = await answers(api, GROUP_ID, 2)
+    assert (
+        refusal["text"] == "Only Alice Liddell or an admin can ask me to write my last reply again."
+    )
+    assert refusal["reply_to_message"]["message_id"] == asked["message_id"]
+    assert (await engine.history(conversation(GROUP_ID)))[1].text == reply["text"]
+    assert not api.calls_to("editMessageText")
+
+
+async def test_personas_are_created_and_deleted_with_commands(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot()).engine
+    chat = private(ALICE)
+    api.send(chat, ALICE, "/persona create chef\nYou are a passionate chef.\nYou love basil.")
+    (created,) = await answers(api, ALICE["id"], 1)
+    assert created["text"] == ("Created the persona Chef (chef). Switch to it with /persona chef.")
+    chef = engine.persona_named("chef")
+    assert chef.system_prompt == "You are a passionate chef.\nYou love basil."
+    assert chef.description == "You are a passionate chef."
+    api.send(chat, ALICE, "/persona create")
+    (_, usage) = await answers(api, ALICE["id"], 2)
+    assert usage["text"].startswith("Write it as /persona create NAME INSTRUCTIONS")
+
+    group = FakeBotAPI.group_chat(GROUP_ID)
+    api.members[(GROUP_ID, ALICE["id"])] = "administrator"
+    api.send(group, BOB, "/persona delete chef")
+    api.send(group, BOB, "/persona create spy You are a spy.")
+    refusals = await answers(api, GROUP_ID, 2)
+    assert {m["text"] for m in refusals} == {
+        "Only admins can delete personas.",
+        "Only admins can create personas.",
+    }
+    assert "spy" not in {p.name for p in engine.personas()}
+    api.send(group, ALICE, "/persona delete chef")
+    (*_, deleted) = await answers(api, GROUP_ID, 3)
+    assert deleted["text"] == "Deleted the persona chef."
+    assert "chef" not in {p.name for p in engine.personas()}
+
+
+async def test_chat_always_answers_every_message_in_a_group(
+    start_bot: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_bot()).engine
+    group = FakeBotAPI.group_chat(GROUP_ID)
+    api.members[(GROUP_ID, ALICE["id"])] = "administrator"
+    api.send(group, BOB, "/chat always")
+    (refusal,) = await answers(api, GROUP_ID, 1)
+    assert refusal["text"] == "Only admins can change when I answer."
+    api.send(group, ALICE, "/chat always")
+    (_, switched) = await answers(api, GROUP_ID, 2)
+    # The fake bot, like a new real one, has privacy mode on: the admins are told.
+    assert switched["text"].startswith("I'll answer every message in this conversation now.")
+    assert "/setprivacy" in switched["text"]
+    assert await engine.always_answer(conversation(GROUP_ID))
+
+    unaddressed = api.send(group, BOB, "Nice weather today, isn't it?")
+    (*_, reply) = await answers(api, GROUP_ID, 3)
+    assert reply["reply_to_message"]["message_id"] == unaddressed["message_id"]
+    assert (await engine.history(conversation(GROUP_ID)))[0].text == unaddressed["text"]
+
+    api.send(group, ALICE, "/chat mention")
+    (*_, back) = await answers(api, GROUP_ID, 4)
+    assert back["text"] == "I'll answer here only when mentioned or replied to."
+    ignored = api.send(group, BOB, "Still sunny.")
+    await api.wait_until_polled_past(ignored)
+    api.send(group, BOB, "/chat")
+    (*_, shown) = await answers(api, GROUP_ID, 5)
+    assert shown["text"].startswith("I answer here when mentioned or replied to.")
+    assert len(await engine.history(conversation(GROUP_ID))) == 2
+
+
+async def test_every_command_in_the_table_is_answered(start_bot: StartBot, api: FakeBotAPI) -> None:
+    """Each Telegram command of the shared table (bots/conversation/commands.py) has a
+    handler: it answers, and never with "Unknown command"."""
+    await start_bot()
+    chat = private(ALICE)
+    typed = [spelling.split()[0] for _, spelling in telegram_spellings()]
+    for command in typed:
+        api.send(chat, ALICE, command)
+    sent = await answers(api, ALICE["id"], len(typed))
+    assert len(sent) == len(typed)
+    assert not [m["text"] for m in sent if m["text"].startswith("Unknown command")]

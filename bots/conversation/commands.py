@@ -40,6 +40,7 @@ class Command:
 ANYONE = "anyone"
 ADMINS = "admins in servers and groups"
 ANYONE_SHOWS_ADMINS_CHANGE = "anyone to show; admins in Telegram groups to switch"
+AUTHOR_OR_ADMINS = "the person it answered; admins in servers and groups"
 
 COMMANDS: tuple[Command, ...] = (
     Command(
@@ -66,19 +67,33 @@ COMMANDS: tuple[Command, ...] = (
         "persona create",
         "write a new persona",
         who=ADMINS,
-        spellings={"discord": "/persona create"},
+        spellings={
+            "terminal": "/persona create NAME INSTRUCTIONS",
+            "discord": "/persona create",
+            "telegram": "/persona create NAME INSTRUCTIONS",
+        },
     ),
     Command(
         "persona delete",
         "delete a persona made with /persona create",
         who=ADMINS,
-        spellings={"discord": "/persona delete <name>"},
+        spellings={
+            "terminal": "/persona delete NAME",
+            "discord": "/persona delete <name>",
+            "telegram": "/persona delete NAME",
+        },
     ),
     Command(
         "reset",
         "forget this conversation's history",
         who=ADMINS,
         spellings={"terminal": "/reset", "discord": "/reset", "telegram": "/reset"},
+    ),
+    Command(
+        "retry",
+        "write my last reply here again, in place of the old one",
+        who=AUTHOR_OR_ADMINS,
+        spellings={"terminal": "/retry", "discord": "/retry", "telegram": "/retry"},
     ),
     Command(
         "forget",
@@ -114,7 +129,7 @@ COMMANDS: tuple[Command, ...] = (
         "chat",
         "answer every message in a channel, or only when spoken to",
         who=ADMINS,
-        spellings={"discord": "/chat <always|mention>"},
+        spellings={"discord": "/chat <always|mention>", "telegram": "/chat always|mention"},
     ),
     Command(
         "help",
@@ -140,10 +155,14 @@ def help_lines(platform: Platform) -> list[tuple[str, str]]:
 
 
 def menu(platform: Platform) -> list[tuple[str, str]]:
-    """(command word, description) pairs for a platform's command menu, in table order."""
+    """(command word, description) pairs for a platform's command menu, in table order.
+
+    The word is what is typed after the slash, so /persona list on Discord is under
+    "persona" and /personas on Telegram under "personas".
+    """
     seen: dict[str, str] = {}
     for command in commands_on(platform):
-        word = command.name.split()[0]
+        word = (command.on(platform) or "").split()[0].lstrip("/")
         seen.setdefault(word, command.about)
     return list(seen.items())
 

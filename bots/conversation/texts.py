@@ -92,3 +92,41 @@ def only_admins(action: str) -> str:
 def what_to_say(mention: str) -> str:
     """An empty mention: how to write to the bot."""
     return f"Yes? Write your message after the mention, e.g. {mention} how was your day?"
+
+
+SHUTTING_DOWN = "I'm shutting down for a moment; please try again shortly."
+"""Said to a command that would write a reply while the bot stops."""
+
+RETRIED = "Done: I wrote my last reply here again."
+"""The private note on Discord after /retry; the new reply itself is in the channel."""
+
+
+def persona_created(persona: Persona, switch_with: str) -> str:
+    """``switch_with`` is the platform's spelling of the switch command."""
+    return (
+        f"Created the persona {persona.display_name} ({persona.name}). Switch to it with "
+        f"{switch_with} {persona.name}."
+    )
+
+
+def persona_exists(name: str) -> str:
+    return (
+        f"A persona named {name!r} exists already; pick another name "
+        "(or /persona delete it first, if it was made with /persona create)."
+    )
+
+
+def persona_deleted(name: str) -> str:
+    return f"Deleted the persona {name}."
+
+
+def no_such_persona(name: str) -> str:
+    return f"There is no persona {name}."
+
+
+CHAT_USAGE = "Switch with /chat always or /chat mention (admins)."
+
+TELEGRAM_PRIVACY_MODE = (
+    "Note: Telegram only shows me every message in a group if my privacy mode is off "
+    "(ask the bot's owner: @BotFather → /setprivacy → Disable) or if I am an admin here."
+)

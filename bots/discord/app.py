@@ -20,15 +20,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import aiohttp
 import discord
 import yarl
+from discord import app_commands
+from discord.ext import commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from bots.conversation.reply_flow import ReplyFlow
-from bots.discord.commands import CommandTree, register_commands
+from bots.discord.commands import CommandTree, ConversationCommands
 from bots.discord.messages import TYPING_REFRESH_SECONDS, DiscordMessages
 from bots.discord.sending import NO_MENTIONS
 from core.engine import Engine
@@ -63,7 +66,7 @@ def discord_endpoints(api_url: str, gateway_url: str) -> Iterator[None]:
         Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = base, gateway
 
 
-class PersonaBotClient(discord.Client):
+class PersonaBotClient(commands.Bot):
     """A discord.py client bound to one engine and the settings read at start-up."""
 
     def __init__(self, engine: Engine, settings: Settings, announce: Callable[[str], None]) -> None:
@@ -71,26 +74,28 @@ class PersonaBotClient(discord.Client):
         # the voice libraries (PyNaCl, davey) are missing, which would only confuse operators.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         super().__init__(
+            # Slash commands only; on_message below never runs text commands.
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            tree_cls=CommandTree,
             intents=intents(),
             # A safety net under every send: nothing the bot posts pings anyone.
             allowed_mentions=NO_MENTIONS,
             # No member intent, so there are no members to fetch.
             chunk_guilds_at_startup=False,
         )
-        self.tree = CommandTree(self)
-        register_commands(self.tree, engine)
         flow = ReplyFlow.for_platform(
             engine, settings, "discord", typing_interval=TYPING_REFRESH_SECONDS
         )
-        self.handler = DiscordMessages(
-            flow, engine, stream_replies=settings.streams_replies("discord")
-        )
+        self._slash_commands = ConversationCommands(engine, flow)
+        self.handler = DiscordMessages(flow, stream_replies=settings.streams_replies("discord"))
         self._guild_ids = settings.discord_guild_ids
         self._announce = announce
         self._announced = False
 
     async def setup_hook(self) -> None:
         """After login, before the gateway: register the slash commands with Discord."""
+        await self.add_cog(self._slash_commands)
         await sync_commands(self.tree, self._guild_ids)
 
     async def on_ready(self) -> None:
@@ -119,7 +124,7 @@ class PersonaBotClient(discord.Client):
         log.exception("Error in the Discord event handler %s.", event_method)
 
 
-async def sync_commands(tree: CommandTree, guild_ids: tuple[int, ...]) -> None:
+async def sync_commands(tree: app_commands.CommandTree[Any], guild_ids: tuple[int, ...]) -> None:
     """Register the slash commands globally, or in the configured servers only.
 
     Server commands appear at once; with servers configured the global set is emptied, so an

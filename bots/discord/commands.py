@@ -1,6 +1,6 @@
-"""The slash commands: /persona, /reset, /forget, /mood, /length, /chat and /help.
+"""The slash commands: /persona, /reset, /retry, /forget, /mood, /length, /chat and /help.
 
-They are discord.py ``app_commands``, registered with Discord at start-up (see
+They are discord.py ``app_commands`` in one Cog, registered with Discord at start-up (see
 :func:`bots.discord.app.sync_commands`). Answers that only concern the caller (lists, help,
 refusals, errors, moods) are ephemeral; changes that affect everyone in the channel
 (persona, length, reset, answer mode) are posted for everyone to see.
@@ -18,17 +18,19 @@ from typing import Literal
 
 import discord
 from discord import app_commands
+from discord.ext import commands
 
 from bots.conversation import texts
 from bots.conversation.commands import help_lines
 from bots.conversation.last_mood import last_mood
-from bots.discord.messages import PLATFORM, author_of, conversation_of
+from bots.conversation.persona_editing import create_persona, delete_persona
+from bots.conversation.reply_flow import ReplyFlow
+from bots.discord.messages import PLATFORM, ChannelDelivery, author_of, conversation_of
 from bots.discord.sending import NO_MENTIONS, split_reply
 from core.engine import Engine
 from core.errors import PersonabotError
-from core.personas import persona_from_mapping
 
-__all__ = ["CommandTree", "Refused", "register_commands", "respond"]
+__all__ = ["CommandTree", "ConversationCommands", "Refused", "respond"]
 
 log = logging.getLogger(__name__)
 
@@ -139,75 +141,73 @@ class PersonaModal(discord.ui.Modal, title="Create a persona"):
         max_length=2000,
     )
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, flow: ReplyFlow) -> None:
         # A form left open longer is forgotten, so abandoned forms do not pile up in memory.
         super().__init__(timeout=FORM_TIMEOUT_SECONDS)
         self._engine = engine
+        self._flow = flow
 
     async def on_submit(self, interaction: Interaction) -> None:
-        values = {
+        fields = {
             "name": self.name.value,
             "display_name": self.display_name.value,
             "description": self.description.value,
             "system_prompt": self.system_prompt.value,
         }
         try:
-            persona = persona_from_mapping(values, source="New persona")
-            if persona.name in {p.name for p in self._engine.personas()}:
-                raise PersonabotError(
-                    f"A persona named {persona.name!r} exists already; pick another name "
-                    "(or /persona delete it first, if it was made with /persona create)."
-                )
-            await self._engine.create_persona(persona, created_by=f"discord:{interaction.user.id}")
+            answer = await create_persona(
+                self._engine,
+                fields,
+                created_by=f"discord:{interaction.user.id}",
+                switch_with="/persona set",
+            )
         except PersonabotError as exc:
             await respond(interaction, str(exc), ephemeral=True)
             return
-        await respond(
-            interaction,
-            f"Created the persona {persona.display_name} ({persona.name}). Switch to it with "
-            f"/persona set {persona.name}.",
-            ephemeral=False,
-        )
+        self._flow.spoke(conversation_of(_channel(interaction)))
+        await respond(interaction, answer, ephemeral=False)
 
     async def on_error(self, interaction: Interaction, error: Exception) -> None:  # type: ignore[override]
         log.error("Creating a persona failed: %s", error, exc_info=error)
         await respond(interaction, "Sorry, the persona could not be created.", ephemeral=True)
 
 
-def register_commands(tree: CommandTree, engine: Engine) -> None:
-    """Add every command to ``tree``; nothing is sent to Discord until it is synced."""
+class ConversationCommands(commands.Cog):
+    """Every slash command, discord.py's Cog idiom: /persona is a group of subcommands,
+    the rest are top-level commands."""
+
     persona = app_commands.Group(name="persona", description="Who I am in this channel")
 
-    async def persona_names(
-        interaction: Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        typed = current.strip().lower()
-        return [
-            app_commands.Choice(name=f"{p.display_name} ({p.name})"[:100], value=p.name)
-            for p in engine.personas()
-            if typed in p.name or typed in p.display_name.lower()
-        ][:_MAX_CHOICES]
+    def __init__(self, engine: Engine, flow: ReplyFlow) -> None:
+        self._engine = engine
+        self._flow = flow
+
+    async def _announce(self, interaction: Interaction, text: str) -> None:
+        """Answer for everyone in the channel: that is now the bot's last message there."""
+        self._flow.spoke(conversation_of(_channel(interaction)))
+        await respond(interaction, text, ephemeral=False)
+
+    # -- /persona ...
 
     @persona.command(name="set", description="Switch this channel's persona")
     @app_commands.describe(name="The persona to switch to")
-    @app_commands.autocomplete(name=persona_names)
-    async def persona_set(interaction: Interaction, name: str) -> None:
-        chosen = await engine.set_persona(conversation_of(_channel(interaction)), name)
-        await respond(interaction, texts.persona_set(chosen), ephemeral=False)
+    async def persona_set(self, interaction: Interaction, name: str) -> None:
+        chosen = await self._engine.set_persona(conversation_of(_channel(interaction)), name)
+        await self._announce(interaction, texts.persona_set(chosen))
 
     @persona.command(name="list", description="List the personas")
-    async def persona_list(interaction: Interaction) -> None:
-        current = (await engine.persona(conversation_of(_channel(interaction)))).name
-        lines = texts.persona_list(engine.personas(), current, markdown=True)
+    async def persona_list(self, interaction: Interaction) -> None:
+        current = (await self._engine.persona(conversation_of(_channel(interaction)))).name
+        lines = texts.persona_list(self._engine.personas(), current, markdown=True)
         await respond(interaction, "\n".join(lines), ephemeral=True)
 
     @persona.command(name="show", description="The persona, reply length and answer mode here")
-    async def persona_show(interaction: Interaction) -> None:
+    async def persona_show(self, interaction: Interaction) -> None:
         here = conversation_of(_channel(interaction))
-        current = await engine.persona(here)
-        length = await engine.length(here)
+        current = await self._engine.persona(here)
+        length = await self._engine.length(here)
         private = interaction.guild is None
-        always = not private and await engine.always_answer(here)
+        always = not private and await self._engine.always_answer(here)
         mode = texts.answer_mode(always, private=private)
         await respond(
             interaction,
@@ -218,30 +218,71 @@ def register_commands(tree: CommandTree, engine: Engine) -> None:
 
     @persona.command(name="create", description="Write a new persona (needs Manage Server)")
     @app_commands.check(needs("manage_guild", "Manage Server", in_dms=False))
-    async def persona_create(interaction: Interaction) -> None:
-        await interaction.response.send_modal(PersonaModal(engine))
+    async def persona_create(self, interaction: Interaction) -> None:
+        await interaction.response.send_modal(PersonaModal(self._engine, self._flow))
 
     @persona.command(name="delete", description="Delete a user-made persona (needs Manage Server)")
     @app_commands.describe(name="The persona to delete")
-    @app_commands.autocomplete(name=persona_names)
     @app_commands.check(needs("manage_guild", "Manage Server", in_dms=False))
-    async def persona_delete(interaction: Interaction, name: str) -> None:
-        removed = await engine.delete_persona(name)
-        text = f"Deleted the persona {name}." if removed else f"There is no persona {name}."
-        await respond(interaction, text, ephemeral=not removed)
+    async def persona_delete(self, interaction: Interaction, name: str) -> None:
+        removed, answer = await delete_persona(self._engine, name)
+        if removed:
+            await self._announce(interaction, answer)
+        else:
+            await respond(interaction, answer, ephemeral=True)
 
-    tree.add_command(persona)
+    @persona_set.autocomplete("name")
+    @persona_delete.autocomplete("name")
+    async def persona_names(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        typed = current.strip().lower()
+        return [
+            app_commands.Choice(name=f"{p.display_name} ({p.name})"[:100], value=p.name)
+            for p in self._engine.personas()
+            if typed in p.name or typed in p.display_name.lower()
+        ][:_MAX_CHOICES]
 
-    @tree.command(name="reset", description="Forget this channel's conversation")
+    # -- top-level commands
+
+    @app_commands.command(name="reset", description="Forget this channel's conversation")
     @app_commands.default_permissions(manage_messages=True)
     @app_commands.check(needs("manage_messages", "Manage Messages", in_dms=True))
-    async def reset(interaction: Interaction) -> None:
-        count = await engine.reset(conversation_of(_channel(interaction)))
-        await respond(interaction, texts.conversation_reset(count), ephemeral=False)
+    async def reset(self, interaction: Interaction) -> None:
+        count = await self._engine.reset(conversation_of(_channel(interaction)))
+        await self._announce(interaction, texts.conversation_reset(count))
 
-    @tree.command(name="forget", description="Delete your messages here and my replies to them")
+    @app_commands.command(name="retry", description="Write my last reply here again")
+    async def retry(self, interaction: Interaction) -> None:
+        # Anyone may ask again for the answer to their own message; an answer to someone
+        # else's needs Manage Messages, like /reset. The new reply goes to the channel.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        channel = interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            raise PersonabotError("This command needs to be used in a channel.")
+        granted = interaction.permissions
+        may_retry_others = interaction.guild is None or bool(
+            granted.administrator or granted.manage_messages
+        )
+        delivery = ChannelDelivery(channel, reference=None, stream=False)
+        with self._flow.accepted() as accepted:
+            refused = (
+                await self._flow.retry(
+                    conversation_of(channel),
+                    author_of(interaction.user),
+                    delivery,
+                    may_retry_others=may_retry_others,
+                )
+                if accepted
+                else texts.SHUTTING_DOWN
+            )
+        await respond(interaction, refused or texts.RETRIED, ephemeral=True)
+
+    @app_commands.command(
+        name="forget", description="Delete your messages here and my replies to them"
+    )
     @app_commands.describe(everywhere="True: in every channel, thread and DM I share with you")
-    async def forget(interaction: Interaction, everywhere: bool = False) -> None:
+    async def forget(self, interaction: Interaction, everywhere: bool = False) -> None:
         # Anyone may delete what they wrote, anywhere, without a permission: it is their data
         # (docs/privacy.md). Others' messages and the channel's settings stay. The answer is
         # private: nobody else needs to know. Deferred, because forgetting here waits for a
@@ -249,42 +290,48 @@ def register_commands(tree: CommandTree, engine: Engine) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         author = author_of(interaction.user)
         if everywhere:
-            count = await engine.forget(author, platform=PLATFORM)
+            count = await self._engine.forget(author, platform=PLATFORM)
         else:
-            count = await engine.forget(author, conversation_of(_channel(interaction)))
+            count = await self._engine.forget(author, conversation_of(_channel(interaction)))
         await respond(interaction, texts.forgotten(count, everywhere=everywhere), ephemeral=True)
 
-    @tree.command(name="mood", description="The mood of a text, or of your last message here")
+    @app_commands.command(
+        name="mood", description="The mood of a text, or of your last message here"
+    )
     @app_commands.describe(text="Any text; leave it out for your last message here")
-    async def mood(interaction: Interaction, text: str | None = None) -> None:
+    async def mood(self, interaction: Interaction, text: str | None = None) -> None:
         # The first use may load the mood model: take longer than Discord's 3 s to answer.
         await interaction.response.defer(ephemeral=True, thinking=True)
         if text and text.strip():
-            answer = texts.mood_of_text(await engine.detect_mood(text))
+            answer = texts.mood_of_text(await self._engine.detect_mood(text))
         else:
             here = conversation_of(_channel(interaction))
-            mood = await last_mood(engine, here, str(interaction.user.id))
+            mood = await last_mood(self._engine, here, str(interaction.user.id))
             answer = texts.last_mood(mood, "/mood text:")
         await respond(interaction, answer, ephemeral=True)
 
-    @tree.command(name="length", description="How long my replies are in this channel")
+    @app_commands.command(name="length", description="How long my replies are in this channel")
     @app_commands.describe(preset="short, medium or long")
-    async def length(interaction: Interaction, preset: Literal["short", "medium", "long"]) -> None:
-        chosen = await engine.set_length(conversation_of(_channel(interaction)), preset)
-        await respond(interaction, texts.length_set(chosen), ephemeral=False)
+    async def length(
+        self, interaction: Interaction, preset: Literal["short", "medium", "long"]
+    ) -> None:
+        chosen = await self._engine.set_length(conversation_of(_channel(interaction)), preset)
+        await self._announce(interaction, texts.length_set(chosen))
 
-    @tree.command(name="chat", description="Answer every message here, or only when spoken to")
+    @app_commands.command(
+        name="chat", description="Answer every message here, or only when spoken to"
+    )
     @app_commands.describe(mode="always: every message; mention: when mentioned or replied to")
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.check(needs("manage_guild", "Manage Server", in_dms=False))
-    async def chat(interaction: Interaction, mode: Literal["always", "mention"]) -> None:
+    async def chat(self, interaction: Interaction, mode: Literal["always", "mention"]) -> None:
         always = mode == "always"
-        await engine.set_always_answer(conversation_of(_channel(interaction)), always)
-        await respond(interaction, texts.answer_mode_set(always), ephemeral=False)
+        await self._engine.set_always_answer(conversation_of(_channel(interaction)), always)
+        await self._announce(interaction, texts.answer_mode_set(always))
 
-    @tree.command(name="help", description="How to talk to me, and the commands")
-    async def help_command(interaction: Interaction) -> None:
+    @app_commands.command(name="help", description="How to talk to me, and the commands")
+    async def help(self, interaction: Interaction) -> None:
         await respond(interaction, help_text(), ephemeral=True)
 
 

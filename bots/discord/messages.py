@@ -11,15 +11,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 import discord
 
 from bots.conversation import texts
-from bots.conversation.reply_flow import ReplyFlow, Stream
-from bots.discord.sending import StreamingReply, send_text
-from core.engine import Engine
-from core.errors import PersonabotError
+from bots.conversation.reply_flow import ReplyFlow, Sent, Stream
+from bots.discord.sending import NO_MENTIONS, StreamingReply, send_text, split_reply
 from core.types import Author, ConversationRef
 
 __all__ = [
@@ -31,6 +30,8 @@ __all__ = [
     "conversation_of",
     "readable_text",
 ]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,8 @@ def readable_text(message: discord.Message, me: discord.abc.User) -> str:
 class DiscordMessages:
     """Answers the messages addressed to the bot through the shared reply workflow."""
 
-    def __init__(self, flow: ReplyFlow, engine: Engine, *, stream_replies: bool) -> None:
+    def __init__(self, flow: ReplyFlow, *, stream_replies: bool) -> None:
         self._flow = flow
-        self._engine = engine
         self._stream = stream_replies
 
     async def drain(self) -> None:
@@ -128,31 +128,32 @@ class DiscordMessages:
     async def _answer(self, message: discord.Message, me: discord.ClientUser) -> None:
         conversation = conversation_of(message.channel)
         if message.guild is not None and not (
-            addressed_to(message, me) or await self._always_answer(conversation)
+            addressed_to(message, me) or await self._flow.answers_everything(conversation)
         ):
             return
-        delivery = ChannelDelivery(message, stream=self._stream)
+        delivery = ChannelDelivery.answering(message, stream=self._stream)
         text = readable_text(message, me)
         if not text:
             await delivery.send(texts.what_to_say(f"@{me.display_name}"))
             return
         await self._flow.answer(conversation, author_of(message.author), text, delivery)
 
-    async def _always_answer(self, conversation: ConversationRef) -> bool:
-        try:
-            return await self._engine.always_answer(conversation)
-        except PersonabotError as exc:  # a database hiccup: answer only when addressed
-            log.warning("Cannot read the answer mode of %s: %s", conversation.key(), exc)
-            return False
-
 
 class ChannelDelivery:
-    """Replies to one message in its channel (quoting it in servers; in a DM that is noise)."""
+    """Replies in one channel, quoting the message answered in servers (in a DM that is
+    noise; a slash command has no message to quote)."""
 
-    def __init__(self, message: discord.Message, *, stream: bool) -> None:
-        self._channel = message.channel
-        self._reference = message if message.guild is not None else None
+    def __init__(
+        self, channel: discord.abc.Messageable, *, reference: discord.Message | None, stream: bool
+    ) -> None:
+        self._channel = channel
+        self._reference = reference
         self._stream = stream
+
+    @classmethod
+    def answering(cls, message: discord.Message, *, stream: bool) -> ChannelDelivery:
+        reference = message if message.guild is not None else None
+        return cls(message.channel, reference=reference, stream=stream)
 
     async def show_typing(self) -> bool:
         try:
@@ -163,8 +164,19 @@ class ChannelDelivery:
             log.debug("Typing indicator failed: %s", exc)
         return True
 
-    async def send(self, text: str) -> None:
-        await deliver(send_text(self._channel, text, reference=self._reference), self._channel)
+    async def send(self, text: str) -> Sent:
+        sending = send_text(self._channel, text, reference=self._reference)
+        return await deliver(sending, self._channel) or []
+
+    async def edit(self, sent: Sent, text: str) -> bool:
+        """Edit a one-message reply when the new text fits one message too."""
+        message = sent[0] if len(sent) == 1 else None
+        if not isinstance(message, discord.Message) or len(split_reply(text)) > 1:
+            return False
+        edited = await deliver(
+            message.edit(content=text, allowed_mentions=NO_MENTIONS), self._channel
+        )
+        return edited is not None
 
     def stream(self, ready: Callable[[], Awaitable[object]]) -> Stream | None:
         if not self._stream:
@@ -184,15 +196,15 @@ class _FinishedSafely:
     def update(self, text: str) -> None:
         self._reply.update(text)
 
-    async def finish(self, text: str) -> None:
-        await deliver(self._reply.finish(text), self._channel)
+    async def finish(self, text: str) -> Sent:
+        return await deliver(self._reply.finish(text), self._channel) or []
 
 
-async def deliver(sending: Awaitable[object], channel: discord.abc.Messageable) -> None:
-    """Await a send, logging what cannot be sent: a failed send must never stop the bot."""
+async def deliver(sending: Awaitable[T], channel: discord.abc.Messageable) -> T | None:
+    """Await a send; None, logged, when it fails: a failed send must never stop the bot."""
     where = getattr(channel, "id", "?")
     try:
-        await sending
+        return await sending
     except discord.Forbidden as exc:
         log.warning("No permission to send in Discord channel %s; not delivered: %s", where, exc)
     except discord.NotFound as exc:
@@ -203,6 +215,7 @@ async def deliver(sending: Awaitable[object], channel: discord.abc.Messageable) 
         log.error("Discord refused a message to channel %s: %s", where, exc)
     except (aiohttp.ClientError, OSError) as exc:
         log.error("Could not reach Discord to send to channel %s: %s", where, exc)
+    return None
 
 
 def _is_chat(message: discord.Message, me: discord.ClientUser) -> bool:

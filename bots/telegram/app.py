@@ -21,7 +21,8 @@ from telegram.error import Conflict, InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, Updater
 
 from bots.conversation.reply_flow import ReplyFlow
-from bots.telegram.handlers import COMMANDS, TYPING_REFRESH_SECONDS, TelegramFrontend
+from bots.telegram.commands import COMMANDS, TelegramCommands
+from bots.telegram.messages import TYPING_REFRESH_SECONDS, TelegramMessages
 from core.engine import Engine
 from core.errors import ConfigError, PersonabotError
 from core.settings import Settings
@@ -61,12 +62,9 @@ def build_application(engine: Engine, settings: Settings) -> TelegramApplication
     flow = ReplyFlow.for_platform(
         engine, settings, "telegram", typing_interval=TYPING_REFRESH_SECONDS
     )
-    TelegramFrontend(
-        engine,
-        flow,
-        admin_only=settings.telegram_admin_only,
-        stream_replies=settings.streams_replies("telegram"),
-    ).register(application)
+    messages = TelegramMessages(flow, stream_replies=settings.streams_replies("telegram"))
+    commands = TelegramCommands(engine, flow, admin_only=settings.telegram_admin_only)
+    commands.register(application, messages)
     return application
 
 

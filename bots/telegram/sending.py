@@ -11,16 +11,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
-from telegram.constants import MessageLimit, ParseMode
-from telegram.error import BadRequest, NetworkError
+from telegram.constants import ChatType, MessageLimit, ParseMode
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from bots.telegram.formatting import to_html, utf16_len
 from core.chunking import split_message
+from core.types import ConversationRef
 
-__all__ = ["NETWORK_RETRIES", "edit_text", "quoting", "send_text"]
+__all__ = [
+    "NETWORK_RETRIES",
+    "Place",
+    "edit_text",
+    "quoting",
+    "say",
+    "send_text",
+    "split_reply",
+]
 
 T = TypeVar("T")
 
@@ -30,6 +40,61 @@ log = logging.getLogger(__name__)
 #: took the model seconds to write, and a long one should not hold the handler forever.
 NETWORK_RETRIES = 2
 _BACKOFF_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a message came from, which is also where its answer goes."""
+
+    chat_id: int
+    chat_type: str
+    thread_id: int | None
+
+    @property
+    def is_group(self) -> bool:
+        return self.chat_type in (ChatType.GROUP, ChatType.SUPERGROUP)
+
+    @property
+    def conversation(self) -> ConversationRef:
+        """Each chat, and each forum topic of a chat, is a conversation of its own."""
+        suffix = "" if self.thread_id is None else f":{self.thread_id}"
+        return ConversationRef("telegram", f"{self.chat_id}{suffix}")
+
+
+async def say(
+    bot: Bot,
+    place: Place,
+    text: str,
+    to: Message,
+    *,
+    markup: InlineKeyboardMarkup | None = None,
+) -> list[Message]:
+    """Send; nothing, logged, when it fails: a failed send must never stop the bot."""
+    # In groups the answer quotes the message it answers, so it is clear whose it is.
+    reply_to = to.message_id if place.is_group else None
+    try:
+        return await send_text(
+            bot,
+            place.chat_id,
+            text,
+            thread_id=place.thread_id,
+            reply_to=reply_to,
+            reply_markup=markup,
+        )
+    except Forbidden as exc:
+        log.info("Chat %s blocked or removed the bot; not delivered: %s", place.chat_id, exc)
+    except BadRequest as exc:
+        log.warning("Telegram refused a message to chat %s: %s", place.chat_id, exc)
+    except RetryAfter as exc:
+        log.warning("Still rate limited in chat %s after retries: %s", place.chat_id, exc)
+    except TelegramError as exc:
+        log.error("Could not deliver a message to chat %s: %s", place.chat_id, exc)
+    return []
+
+
+def split_reply(text: str) -> list[str]:
+    """``text`` as messages Telegram accepts, cut between paragraphs or sentences."""
+    return split_message(text, MessageLimit.MAX_TEXT_LENGTH, length=utf16_len)
 
 
 async def send_text(
@@ -46,7 +111,7 @@ async def send_text(
     The first message quotes ``reply_to`` (if given); the keyboard goes on the last one, so
     it sits under the whole answer. Raises Telegram's errors once retries are exhausted.
     """
-    chunks = split_message(text, MessageLimit.MAX_TEXT_LENGTH, length=utf16_len)
+    chunks = split_reply(text)
     sent: list[Message] = []
     for index, chunk in enumerate(chunks):
         quote = reply_to if index == 0 else None

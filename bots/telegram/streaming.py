@@ -22,7 +22,7 @@ from telegram.error import BadRequest, TelegramError
 
 from bots.conversation.preview_pump import PreviewPump
 from bots.telegram.formatting import utf16_len
-from bots.telegram.sending import edit_text, quoting, send_text
+from bots.telegram.sending import edit_text, quoting, send_text, split_reply
 from core.chunking import split_message
 
 __all__ = ["GROUP_INTERVAL_SECONDS", "PRIVATE_INTERVAL_SECONDS", "StreamingReply"]
@@ -96,16 +96,18 @@ class StreamingReply:
                 preview, chat_id=self._chat_id, message_id=self._message.message_id
             )
 
-    async def finish(self, text: str) -> None:
-        """Send ``text`` as the reply: the group's preview becomes its first part."""
+    async def finish(self, text: str) -> list[Message]:
+        """Send ``text`` as the reply (the group's preview becomes its first part); returns
+        the messages it occupies, none when it could not be sent."""
         await self._pump.stop()
         try:
-            await self._send_final(text)
+            return await self._send_final(text)
         except TelegramError as exc:
             log.error("Could not deliver a reply to chat %s: %s", self._chat_id, exc)
+            return []
 
-    async def _send_final(self, text: str) -> None:
-        chunks = split_message(text, MessageLimit.MAX_TEXT_LENGTH, length=utf16_len)
+    async def _send_final(self, text: str) -> list[Message]:
+        chunks = split_reply(text)
         message = self._message
         if message is not None:
             try:
@@ -113,10 +115,13 @@ class StreamingReply:
             except BadRequest as exc:  # the preview was deleted: send the reply afresh
                 log.info("Could not edit the preview in chat %s: %s", self._chat_id, exc)
             else:
+                sent = [message]
                 for chunk in chunks[1:]:
-                    await send_text(self._bot, self._chat_id, chunk, thread_id=self._thread_id)
-                return
-        await send_text(
+                    sent += await send_text(
+                        self._bot, self._chat_id, chunk, thread_id=self._thread_id
+                    )
+                return sent
+        return await send_text(
             self._bot, self._chat_id, text, thread_id=self._thread_id, reply_to=self._reply_to
         )
 
