@@ -267,15 +267,8 @@ class Engine:
         finally:
             arrival.finish()
             turn.finish()
-        return Reply(
-            text=reply_text,
-            mood=mood,
-            persona=persona.name,
-            user_message_id=user_message.id,
-            reply_message_id=reply_message.id,
-            prompt_tokens=prompt.tokens,
-            history_messages_used=prompt.history_used,
-            extra={"generation_seconds": generation_seconds},
+        return _reply(
+            reply_text, mood, persona, user_message.id, reply_message.id, prompt, generation_seconds
         )
 
     async def _answer_again(
@@ -335,16 +328,7 @@ class Engine:
         finally:
             turn.finish()
         log_event("retry", conversation=conversation.key(), reply_message=reply_id)
-        return Reply(
-            text=reply_text,
-            mood=mood,
-            persona=persona.name,
-            user_message_id=question.id,
-            reply_message_id=reply_id,
-            prompt_tokens=prompt.tokens,
-            history_messages_used=prompt.history_used,
-            extra={"generation_seconds": generation_seconds},
-        )
+        return _reply(reply_text, mood, persona, question.id, reply_id, prompt, generation_seconds)
 
     async def _write_reply(
         self,
@@ -773,6 +757,27 @@ class Engine:
                 log.exception("The partial-reply callback failed; generation goes on.")
         raw = "".join(pieces)
         return raw, self._reply_tokens(raw)
+
+
+def _reply(
+    text: str,
+    mood: MoodResult,
+    persona: Persona,
+    user_message_id: int,
+    reply_message_id: int,
+    prompt: Prompt,
+    generation_seconds: float,
+) -> Reply:
+    return Reply(
+        text=text,
+        mood=mood,
+        persona=persona.name,
+        user_message_id=user_message_id,
+        reply_message_id=reply_message_id,
+        prompt_tokens=prompt.tokens,
+        history_messages_used=prompt.history_used,
+        extra={"generation_seconds": generation_seconds},
+    )
 
 
 def _last_exchange(

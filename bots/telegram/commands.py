@@ -38,7 +38,7 @@ from bots.telegram.messages import ChatDelivery, TelegramMessages, author_of_mes
 from bots.telegram.sending import Place, say
 from core.engine import Engine
 from core.errors import PersonabotError
-from core.types import LengthPreset
+from core.types import Author, LengthPreset
 
 __all__ = ["COMMANDS", "TelegramCommands"]
 
@@ -67,6 +67,13 @@ def _argument(message: Message) -> str:
 def _origin(update: Update) -> tuple[Message, Place] | None:
     message = update.message
     return None if message is None else (message, place_of(message))
+
+
+def _speaker(update: Update) -> tuple[Message, Place, Author] | None:
+    """A command's message, where it was sent and by whom; None for other bots."""
+    message = update.message
+    author = None if message is None else author_of_message(message)
+    return None if message is None or author is None else (message, place_of(message), author)
 
 
 class TelegramCommands:
@@ -211,12 +218,9 @@ class TelegramCommands:
 
     async def retry(self, update: Update, context: Context) -> None:
         """/retry writes the last reply again: the person it answered may ask, or admins."""
-        if (origin := _origin(update)) is None:
+        if (speaker := _speaker(update)) is None:
             return
-        message, place = origin
-        author = author_of_message(message)
-        if author is None:
-            return
+        message, place, author = speaker
         with self._flow.accepted() as accepted:
             if not accepted:
                 return
@@ -237,12 +241,9 @@ class TelegramCommands:
         data (see docs/privacy.md). Others' messages in a group stay. ``/forget all`` does
         it in every Telegram chat with the bot.
         """
-        if (origin := _origin(update)) is None:
+        if (speaker := _speaker(update)) is None:
             return
-        message, place = origin
-        author = author_of_message(message)
-        if author is None:
-            return
+        message, place, author = speaker
         everywhere = _argument(message).lower() == "all"
         try:
             if everywhere:
