@@ -12,10 +12,8 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import discord
 import pytest
@@ -25,19 +23,17 @@ from sqlalchemy import text
 
 from bots.conversation import texts
 from bots.conversation.commands import commands_on, menu
-from bots.discord import PersonaBotClient, discord_endpoints, run_discord
+from bots.discord import PersonaBotClient, run_discord
 from bots.discord.sending import MESSAGE_LIMIT, StreamingReply, send_text
 from bots.runner import plan_frontends
 from core.bootstrap import build_engine
-from core.engine import Engine
 from core.errors import ConfigError
 from core.generation.transformers_backend import TransformersGenerator
-from core.settings import Settings, load_settings
+from core.settings import load_settings
 from core.storage import ConversationStore, Database, sqlite_url
-from core.types import ConversationRef, StoredMessage
+from core.types import StoredMessage
 from tests.conftest import REPO, SettingsFactory, SharedGenerator
 from tests.fake_discord import (
-    ADMIN,
     BOT_ID,
     BOT_NAME,
     BOT_ROLE_ID,
@@ -45,7 +41,6 @@ from tests.fake_discord import (
     GUILD_ID,
     MANAGE_GUILD,
     MANAGE_MESSAGES,
-    MEMBER,
     MESSAGE_CONTENT_INTENT,
     RANDOM,
     THREAD,
@@ -53,116 +48,19 @@ from tests.fake_discord import (
     FakeDiscord,
 )
 from tests.log_watch import LogWatch, watching
-
-JSON = dict[str, Any]
-
-ALICE_ID = 501
-BOB_ID = 502
-OTHER_BOT_ID = 503
-NO_PINGS = {"users": [], "roles": [], "everyone": False}
-EPHEMERAL = 1 << 6
-SENDS = "POST /channels/{channel_id}/messages"
-
-
-@dataclass
-class RunningBot:
-    engine: Engine
-    settings: Settings
-    stop: asyncio.Event
-    task: asyncio.Task[None]
-
-
-StartBot = Callable[..., Awaitable[RunningBot]]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    server = FakeDiscord()
-    server.add_user(ALICE_ID, "alice", global_name="Alice", permissions=ADMIN)
-    server.add_user(BOB_ID, "bob", global_name="Bob Builder", permissions=MEMBER)
-    server.add_user(OTHER_BOT_ID, "otherbot", bot=True)
-    await server.start()
-    yield server
-    await server.stop()
-    # Whatever a test did, nothing the bot posted or edited may have pinged anyone.
-    for message in server.sent:
-        assert pings_nobody(message["allowed_mentions"]), message
-        assert message["pings"] == NO_PINGS, message
-    for edit in server.edits:
-        assert pings_nobody(edit["allowed_mentions"]), edit
-
-
-def pings_nobody(allowed_mentions: JSON | None) -> bool:
-    """What ``AllowedMentions.none()`` sends: nothing to parse, no one listed, and no ping
-    for the author of a quoted message. Without the field, Discord would ping everything."""
-    return (
-        allowed_mentions is not None
-        and allowed_mentions.get("parse") == []
-        and not allowed_mentions.get("users")
-        and not allowed_mentions.get("roles")
-        and not allowed_mentions.get("replied_user")
-    )
-
-
-def alice(fake: FakeDiscord) -> JSON:
-    return fake.users[ALICE_ID]
-
-
-def bob(fake: FakeDiscord) -> JSON:
-    return fake.users[BOB_ID]
-
-
-@pytest.fixture
-async def start_bot(
-    fake: FakeDiscord,
-    make_settings: SettingsFactory,
-    offline_generator: TransformersGenerator,
-) -> AsyncIterator[StartBot]:
-    """Starts the frontend exactly as ``personabot run`` does, against the fake server.
-
-    It returns once the gateway session is up (READY and GUILD_CREATE sent), not at
-    discord.py's on_ready, which by design comes two seconds after the last GUILD_CREATE;
-    events sent after GUILD_CREATE are handled with the server already in the cache.
-    """
-    running: list[RunningBot] = []
-    announced: list[str] = []
-
-    async def start(generator: Any = None, **overrides: Any) -> RunningBot:
-        values: dict[str, Any] = {
-            "discord_token": TOKEN,
-            "discord_api_url": fake.api_url,
-            "discord_gateway_url": fake.gateway_url,
-            "user_cooldown_seconds": 0,
-            "discord_channel_cooldown_seconds": 0,
-        }
-        values.update(overrides)
-        settings = make_settings(**values)
-        engine = await build_engine(
-            settings, generator=generator or SharedGenerator(offline_generator)
-        )
-        stop = asyncio.Event()
-        started = fake.sessions_started
-        task = asyncio.create_task(run_discord(engine, settings, stop, announce=announced.append))
-        running.append(RunningBot(engine, settings, stop, task))
-        ready = asyncio.create_task(fake.wait_for(lambda: fake.sessions_started > started))
-        await asyncio.wait([task, ready], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if task.done():  # start-up failed: raise its error here
-            running.pop()
-            await engine.aclose()
-            task.result()
-        assert fake.sessions_started > started
-        return running[-1]
-
-    yield start
-    for bot in running:
-        bot.stop.set()
-        await asyncio.wait_for(bot.task, 60)  # a graceful stop finishes quickly
-        await bot.engine.aclose()
-
-
-def here(channel_id: int) -> ConversationRef:
-    return ConversationRef("discord", str(channel_id))
+from tests.support.discord_helpers import (
+    ALICE_ID,
+    BOB_ID,
+    EPHEMERAL,
+    NO_PINGS,
+    OTHER_BOT_ID,
+    SENDS,
+    alice,
+    bob,
+    here,
+    pings_nobody,
+)
+from tests.support.running_bot import StartBot
 
 
 def words(text: str) -> list[str]:
@@ -189,10 +87,10 @@ async def short_replies(fake: FakeDiscord, channel_id: int) -> None:
 
 
 async def test_startup_logs_in_syncs_commands_and_identifies_with_the_right_intents(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
     base, gateway = Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
-    bot = await start_bot()
+    bot = await start_discord()
     # The first gateway connection went to the configured URL, not to discord.gg.
     assert fake.gateway_queries[0]["v"] == "10"
     assert [c.route for c in fake.calls[:2]] == ["GET /users/@me", "GET /oauth2/applications/@me"]
@@ -236,9 +134,9 @@ async def test_startup_logs_in_syncs_commands_and_identifies_with_the_right_inte
 
 
 async def test_commands_go_to_the_configured_servers_only(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    await start_bot(discord_guild_ids=(GUILD_ID,))
+    await start_discord(discord_guild_ids=(GUILD_ID,))
     assert {c["name"] for c in fake.commands[GUILD_ID]} >= {"persona", "reset", "help"}
     assert fake.commands[None] == []  # an earlier global registration would show twice
     answer = await fake.answer(await fake.slash(bob(fake), GENERAL, "persona", "show"))
@@ -249,9 +147,9 @@ async def test_commands_go_to_the_configured_servers_only(
 
 
 async def test_mentions_and_replies_are_answered_in_the_channel_and_chatter_is_not(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_discord()).engine
     await short_replies(fake, GENERAL)
     await fake.say(GENERAL, bob(fake), "Hello everyone, nice weather today.")
     await fake.say(GENERAL, fake.users[OTHER_BOT_ID], f"<@{BOT_ID}> beep, I am a bot")
@@ -288,9 +186,9 @@ async def test_mentions_and_replies_are_answered_in_the_channel_and_chatter_is_n
 
 
 async def test_a_dm_is_always_answered_without_quoting(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_discord()).engine
     dm = fake.dm_channel(bob(fake))
     await short_replies(fake, dm)
     await fake.say(dm, bob(fake), "Hi! I just adopted a puppy called Biscuit.")
@@ -303,9 +201,9 @@ async def test_a_dm_is_always_answered_without_quoting(
 
 
 async def test_chat_always_makes_an_admin_channel_answer_everything(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_discord()).engine
     refused = await fake.answer(await fake.slash(bob(fake), RANDOM, "chat", mode="always"))
     assert refused["flags"] & EPHEMERAL and "Manage Server" in refused["content"]
     switched = await fake.answer(await fake.slash(alice(fake), RANDOM, "chat", mode="always"))
@@ -349,9 +247,9 @@ async def test_reading_the_answer_mode_creates_no_conversation(tmp_path: Path) -
 
 
 async def test_a_thread_is_a_conversation_of_its_own(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_discord()).engine
     await fake.answer(await fake.slash(alice(fake), THREAD, "persona", "set", name="bard"))
     await short_replies(fake, THREAD)
     await fake.mention(THREAD, alice(fake), "Tell me about the moon.")
@@ -367,9 +265,9 @@ async def test_a_thread_is_a_conversation_of_its_own(
 
 
 async def test_persona_set_with_autocomplete_then_the_reply_uses_the_new_persona(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_discord()).engine
     typing = await fake.slash(bob(fake), GENERAL, "persona", "set", focused="name", name="PIR")
     await fake.wait_for(lambda: typing.responses)
     (suggestions,) = typing.responses
@@ -399,9 +297,9 @@ async def test_persona_set_with_autocomplete_then_the_reply_uses_the_new_persona
 
 
 async def test_reset_needs_manage_messages_in_servers_but_not_in_dms(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_discord()).engine
     await short_replies(fake, GENERAL)
     await fake.mention(GENERAL, bob(fake), "Remember that my cat is called Pixel.")
     await fake.messages_in(GENERAL, 1)
@@ -421,9 +319,9 @@ async def test_reset_needs_manage_messages_in_servers_but_not_in_dms(
 
 
 async def test_forget_deletes_only_the_callers_messages_and_needs_no_permission(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_discord()).engine
     await short_replies(fake, GENERAL)
     await fake.mention(GENERAL, alice(fake), "I like trains.")
     await fake.messages_in(GENERAL, 1)
@@ -452,9 +350,9 @@ async def test_forget_deletes_only_the_callers_messages_and_needs_no_permission(
 
 
 async def test_a_member_cannot_create_or_delete_personas_and_an_admin_can(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_discord()).engine
     refused = await fake.slash(bob(fake), GENERAL, "persona", "create")
     answer = await fake.answer(refused)
     assert answer["flags"] & EPHEMERAL and "Manage Server" in answer["content"]
@@ -506,9 +404,9 @@ async def test_a_member_cannot_create_or_delete_personas_and_an_admin_can(
 
 
 async def test_retry_edits_the_last_reply_in_place_or_sends_a_new_one(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_discord()).engine
     await short_replies(fake, GENERAL)
     await fake.mention(GENERAL, bob(fake), "What is your favourite colour?")
     (first,) = await fake.messages_in(GENERAL, 1)
@@ -536,9 +434,9 @@ async def test_retry_edits_the_last_reply_in_place_or_sends_a_new_one(
 
 
 async def test_retry_of_someone_elses_reply_needs_manage_messages(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_discord()).engine
     await short_replies(fake, GENERAL)
     await fake.mention(GENERAL, alice(fake), "Tell me about the sea.")
     (reply,) = await fake.messages_in(GENERAL, 1)
@@ -552,9 +450,9 @@ async def test_retry_of_someone_elses_reply_needs_manage_messages(
 
 
 async def test_mood_answers_privately_after_a_deferral(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    await start_bot()
+    await start_discord()
     asked = await fake.slash(bob(fake), GENERAL, "mood", text="I am so happy, I passed my exam!")
     answer = await fake.answer(asked)
     assert asked.responses[0]["type"] == 5  # "thinking…" first: the model may need loading
@@ -568,21 +466,6 @@ async def test_mood_answers_privately_after_a_deferral(
 # -- long replies, mentions, streaming -------------------------------------------------------------
 
 
-@pytest.fixture
-async def client(
-    fake: FakeDiscord, make_settings: SettingsFactory, offline_generator: TransformersGenerator
-) -> AsyncIterator[PersonaBotClient]:
-    """The frontend's own client, logged in (REST only), for the sending path itself."""
-    settings = make_settings(discord_token=TOKEN)
-    engine = await build_engine(settings, generator=SharedGenerator(offline_generator))
-    bot = PersonaBotClient(engine, settings, lambda _: None)
-    with discord_endpoints(fake.api_url, fake.gateway_url):
-        async with bot:
-            await bot.login(TOKEN)
-            yield bot
-    await engine.aclose()
-
-
 LONG_REPLY = (
     "Here is the plan, step by step.\n\n"
     + " ".join(f"Step {i} is to keep going with patience and a cup of tea." for i in range(60))
@@ -593,10 +476,10 @@ LONG_REPLY = (
 
 
 async def test_a_reply_over_2000_characters_arrives_as_several_messages(
-    client: PersonaBotClient, fake: FakeDiscord
+    discord_client: PersonaBotClient, fake: FakeDiscord
 ) -> None:
     assert len(LONG_REPLY) > 5000
-    channel = client.get_partial_messageable(GENERAL, guild_id=GUILD_ID)
+    channel = discord_client.get_partial_messageable(GENERAL, guild_id=GUILD_ID)
     original = await fake.say(GENERAL, fake.users[BOB_ID], "Give me a long plan")
     asked = await channel.fetch_message(int(original["id"]))
     sent = await send_text(channel, LONG_REPLY, reference=asked)
@@ -619,8 +502,10 @@ async def test_a_reply_over_2000_characters_arrives_as_several_messages(
     assert messages[-1]["pings"] == NO_PINGS
 
 
-async def test_generated_mentions_never_ping(client: PersonaBotClient, fake: FakeDiscord) -> None:
-    channel = client.get_partial_messageable(GENERAL, guild_id=GUILD_ID)
+async def test_generated_mentions_never_ping(
+    discord_client: PersonaBotClient, fake: FakeDiscord
+) -> None:
+    channel = discord_client.get_partial_messageable(GENERAL, guild_id=GUILD_ID)
     text = f"@everyone @here look at this, <@{ALICE_ID}> and <@&{BOT_ROLE_ID}>!"
     await send_text(channel, text)
     (message,) = fake.sent_to(GENERAL)
@@ -633,9 +518,9 @@ async def test_generated_mentions_never_ping(client: PersonaBotClient, fake: Fak
 
 
 async def test_a_streamed_reply_is_edited_into_place(
-    client: PersonaBotClient, fake: FakeDiscord
+    discord_client: PersonaBotClient, fake: FakeDiscord
 ) -> None:
-    channel = client.get_partial_messageable(GENERAL, guild_id=GUILD_ID)
+    channel = discord_client.get_partial_messageable(GENERAL, guild_id=GUILD_ID)
     ready = asyncio.Event()
     streaming = StreamingReply(channel, reference=None, ready=ready.wait, interval=0)
     streaming.update("Once upon a time")
@@ -653,9 +538,9 @@ async def test_a_streamed_reply_is_edited_into_place(
 
 
 async def test_stream_replies_setting_shows_the_reply_while_it_is_written(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    engine = (await start_bot(discord_stream_replies=True)).engine
+    engine = (await start_discord(discord_stream_replies=True)).engine
     dm = fake.dm_channel(alice(fake))
     await short_replies(fake, dm)
     await fake.say(dm, alice(fake), "Tell me a short story about a lighthouse keeper.")
@@ -674,10 +559,10 @@ async def test_stream_replies_setting_shows_the_reply_while_it_is_written(
 
 
 async def test_user_and_channel_cooldowns_send_one_polite_notice(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
     engine = (
-        await start_bot(user_cooldown_seconds=600, discord_channel_cooldown_seconds=600)
+        await start_discord(user_cooldown_seconds=600, discord_channel_cooldown_seconds=600)
     ).engine
     await short_replies(fake, GENERAL)
     await fake.mention(GENERAL, alice(fake), "Hello there!")
@@ -693,7 +578,7 @@ async def test_user_and_channel_cooldowns_send_one_polite_notice(
 
 
 async def test_discord_errors_are_survived(
-    start_bot: StartBot,
+    start_discord: StartBot,
     fake: FakeDiscord,
     offline_generator: TransformersGenerator,
     frontend_log: LogWatch,
@@ -705,7 +590,7 @@ async def test_discord_errors_are_survived(
         offline_generator._spec,
         offline_generator._system_role,
     )
-    engine = (await start_bot(generator=generator)).engine
+    engine = (await start_discord(generator=generator)).engine
     await short_replies(fake, GENERAL)
 
     # 429 with retry_after: discord.py waits and sends again.
@@ -754,9 +639,9 @@ async def test_discord_errors_are_survived(
 
 
 async def test_stopping_delivers_the_reply_being_written_first(
-    start_bot: StartBot, fake: FakeDiscord
+    start_discord: StartBot, fake: FakeDiscord
 ) -> None:
-    bot = await start_bot()
+    bot = await start_discord()
     dm = fake.dm_channel(bob(fake))
     await short_replies(fake, dm)
     await fake.say(dm, bob(fake), "Tell me something nice about mornings.")

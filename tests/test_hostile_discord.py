@@ -3,7 +3,7 @@
 Random Unicode, control characters, markdown, huge texts and every kind of mention go in as
 messages, as slash-command arguments and as "model output" on the sending path. Nothing may
 crash the bot, every message it sends fits Discord's limit, and nothing it sends may ping
-anyone: the ``fake`` fixture (tests/test_discord.py) checks every message the bot posted or
+anyone: the ``fake`` fixture (tests/conftest.py) checks every message the bot posted or
 edited, by Discord's own rules, when it shuts down; the tests check each one as it goes.
 """
 
@@ -19,24 +19,16 @@ from bots.discord import PersonaBotClient
 from bots.discord.sending import MESSAGE_LIMIT, send_text
 from core.chunking import find_code_blocks
 from core.personas import persona_from_mapping
-from tests import test_discord as discord_tests
 from tests.fake_discord import BOT_ID, BOT_ROLE_ID, GENERAL, GUILD_ID, FakeDiscord
-from tests.test_discord import (
+from tests.support.discord_helpers import (
     ALICE_ID,
     BOB_ID,
     EPHEMERAL,
     NO_PINGS,
-    RunningBot,
-    StartBot,
     here,
     pings_nobody,
 )
-
-# The Discord tests' fixtures: the fake Discord (which checks every message the bot sent for
-# pings when it stops), a running bot, and the frontend's own client.
-fake = discord_tests.fake
-start_bot = discord_tests.start_bot
-client = discord_tests.client
+from tests.support.running_bot import RunningBot, StartBot
 
 MAX_CHARS = 1500
 
@@ -90,9 +82,9 @@ def assert_safe(fake: FakeDiscord, since: int) -> None:
 @settings(CI, max_examples=40)
 @given(text=HOSTILE | LONG)
 async def test_any_reply_text_is_sent_in_parts_that_fit_and_ping_nobody(
-    client: PersonaBotClient, fake: FakeDiscord, text: str
+    discord_client: PersonaBotClient, fake: FakeDiscord, text: str
 ) -> None:
-    channel = client.get_partial_messageable(GENERAL, guild_id=GUILD_ID)
+    channel = discord_client.get_partial_messageable(GENERAL, guild_id=GUILD_ID)
     since = len(fake.sent)
     sent = await send_text(channel, text)
     assert len(sent) == len(fake.sent) - since >= 1
@@ -115,11 +107,11 @@ def visible(text: str) -> str:
 
 
 @pytest.fixture
-async def terse_bot(start_bot: StartBot) -> RunningBot:
+async def terse_bot(start_discord: StartBot) -> RunningBot:
     """A running bot whose persona in #general answers in a few tokens, so that each
     example costs well under a second of model time. Fixtures are set up once per test
     function: every hypothesis example talks to the same bot."""
-    bot = await start_bot(
+    bot = await start_discord(
         max_message_chars=MAX_CHARS,
         mood_detector="lexicon",
         history_messages=2,  # short prompts: a loaded CI machine still answers in seconds

@@ -20,23 +20,16 @@ from hypothesis import strategies as st
 from bots.telegram.sending import send_text
 from core.chunking import find_code_blocks
 from core.personas import persona_from_mapping
-from tests import test_telegram as telegram_tests
 from tests.fake_telegram import BOT_USERNAME, FakeBotAPI
-from tests.test_telegram import (
+from tests.support.running_bot import RunningBot, StartBot
+from tests.support.telegram_helpers import (
     ALICE,
     BOB,
     GROUP_ID,
-    RunningBot,
-    StartBot,
     answers,
     conversation,
     private,
 )
-
-# The Telegram tests' fixtures: a running bot and the frontend's own PTB bot (the fake Bot
-# API, `api`, is tests/conftest.py's).
-bot = telegram_tests.bot
-start_bot = telegram_tests.start_bot
 
 MAX_CHARS = 1500
 
@@ -119,10 +112,10 @@ def assert_safe(api: FakeBotAPI, since: int) -> None:
 @settings(CI, max_examples=40)
 @given(text=HOSTILE | LONG)
 async def test_any_reply_text_parses_as_html_and_shows_as_written(
-    bot: Any, api: FakeBotAPI, text: str
+    telegram_bot: Any, api: FakeBotAPI, text: str
 ) -> None:
     since_calls, since_sent = len(api.calls), len(api.sent)
-    await send_text(bot, ALICE["id"], text)
+    await send_text(telegram_bot, ALICE["id"], text)
     assert_safe(api, since_calls)
     # The fake shows what Telegram would: HTML parsed, code blocks as plain text.
     shown = "".join(m["text"] for m in api.sent[since_sent:])
@@ -130,10 +123,10 @@ async def test_any_reply_text_parses_as_html_and_shows_as_written(
 
 
 @pytest.fixture
-async def terse_bot(start_bot: StartBot) -> RunningBot:
+async def terse_bot(start_telegram: StartBot) -> RunningBot:
     """A running bot whose persona answers in a few tokens in Bob's chat (and the group);
     set up once per test function, so every hypothesis example talks to the same bot."""
-    running = await start_bot(
+    running = await start_telegram(
         max_message_chars=MAX_CHARS,
         mood_detector="lexicon",
         history_messages=2,  # short prompts: a loaded CI machine still answers in seconds

@@ -14,8 +14,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import pytest
 
 from bots.conversation.commands import commands_on
 from bots.runner import plan_frontends
-from bots.telegram import build_application, run_telegram
+from bots.telegram import run_telegram
 from bots.telegram.commands import COMMANDS
 from bots.telegram.sending import send_text
 from core.bootstrap import build_engine
@@ -37,85 +36,22 @@ from tests.conftest import REPO, SettingsFactory, SharedGenerator
 from tests.fake_telegram import BOT_USERNAME, DROPPED, TOKEN, FakeBotAPI
 from tests.log_watch import LogWatch, watching
 from tests.polling import until
-
-JSON = dict[str, Any]
-
-ALICE = FakeBotAPI.user(501, "Alice", "Liddell")
-BOB = FakeBotAPI.user(502, "Bob")
-GROUP_ID = -1001234
-
-
-@dataclass
-class RunningBot:
-    engine: Engine
-    stop: asyncio.Event
-    task: asyncio.Task[None]
-
-
-StartBot = Callable[..., Awaitable[RunningBot]]
-
-
-@pytest.fixture
-async def start_bot(
-    api: FakeBotAPI,
-    make_settings: SettingsFactory,
-    offline_generator: TransformersGenerator,
-) -> AsyncIterator[StartBot]:
-    """Starts the frontend exactly as ``personabot run`` does, against the fake server."""
-    running: list[RunningBot] = []
-
-    async def start(generator: Any = None, **overrides: Any) -> RunningBot:
-        values: dict[str, Any] = {
-            "telegram_token": TOKEN,
-            "telegram_api_url": api.api_url,
-            "user_cooldown_seconds": 0,
-            "telegram_chat_cooldown_seconds": 0,
-        }
-        values.update(overrides)
-        settings = make_settings(**values)
-        engine = await build_engine(
-            settings, generator=generator or SharedGenerator(offline_generator)
-        )
-        stop, online = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(
-            run_telegram(engine, settings, stop, announce=lambda _: online.set())
-        )
-        running.append(RunningBot(engine, stop, task))
-        ready = asyncio.create_task(online.wait())
-        await asyncio.wait([task, ready], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if task.done():  # start-up failed: raise its error here
-            running.pop()
-            await engine.aclose()
-            task.result()
-        assert online.is_set()
-        return running[-1]
-
-    yield start
-    for bot in running:
-        bot.stop.set()
-        await asyncio.wait_for(bot.task, 30)  # a graceful stop finishes quickly
-        await bot.engine.aclose()
-
-
-def private(user: JSON) -> JSON:
-    return FakeBotAPI.private_chat(user)
-
-
-def conversation(chat_id: int, thread: int | None = None) -> ConversationRef:
-    return ConversationRef("telegram", f"{chat_id}" if thread is None else f"{chat_id}:{thread}")
+from tests.support.running_bot import StartBot
+from tests.support.telegram_helpers import (
+    ALICE,
+    BOB,
+    GROUP_ID,
+    JSON,
+    answers,
+    conversation,
+    private,
+)
 
 
 @pytest.fixture
 def frontend_log() -> Iterator[LogWatch]:
     with watching("bots.telegram") as watch:
         yield watch
-
-
-async def answers(api: FakeBotAPI, chat_id: int, count: int) -> list[JSON]:
-    """The first ``count`` messages the bot sent to ``chat_id``, once they exist."""
-    await api.wait_for(lambda: len(api.sent_to(chat_id)) >= count)
-    return api.sent_to(chat_id)[:count]
 
 
 def telegram_spellings() -> list[tuple[str, str]]:
@@ -129,9 +65,9 @@ def words(text: str) -> list[str]:
 
 
 async def test_startup_registers_commands_and_polls_with_offsets(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    await start_bot()
+    await start_telegram()
     await api.wait_for(lambda: api.calls_to("getUpdates"))
     assert [c.method for c in api.calls[:1]] == ["getMe"]
     (registered,) = api.calls_to("setMyCommands")
@@ -164,9 +100,9 @@ async def test_startup_registers_commands_and_polls_with_offsets(
 
 
 async def test_private_message_gets_a_reply_and_the_cooldown_holds_a_second(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot(user_cooldown_seconds=60)).engine
+    engine = (await start_telegram(user_cooldown_seconds=60)).engine
     chat = private(ALICE)
     api.send(chat, ALICE, "/length short")
     await answers(api, ALICE["id"], 1)
@@ -192,9 +128,9 @@ async def test_private_message_gets_a_reply_and_the_cooldown_holds_a_second(
 
 
 async def test_stopping_delivers_the_reply_being_written_first(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    bot = await start_bot()
+    bot = await start_telegram()
     chat = private(BOB)
     api.send(chat, BOB, "/length short")
     await answers(api, BOB["id"], 1)
@@ -209,9 +145,9 @@ async def test_stopping_delivers_the_reply_being_written_first(
 
 
 async def test_persona_keyboard_tap_switches_and_the_next_reply_uses_it(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_telegram()).engine
     chat = private(ALICE)
     api.send(chat, ALICE, "/length short")
     api.send(chat, ALICE, "/persona")
@@ -241,9 +177,9 @@ async def test_persona_keyboard_tap_switches_and_the_next_reply_uses_it(
 
 
 async def test_group_answers_mentions_and_replies_only_and_admins_reset(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot()).engine  # telegram_admin_only defaults to true
+    engine = (await start_telegram()).engine  # telegram_admin_only defaults to true
     group = FakeBotAPI.group_chat(GROUP_ID)
     api.members[(GROUP_ID, ALICE["id"])] = "administrator"
     here = conversation(GROUP_ID)
@@ -304,9 +240,9 @@ async def test_group_answers_mentions_and_replies_only_and_admins_reset(
 
 
 async def test_a_busy_group_is_limited_per_chat_with_one_polite_notice(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot(telegram_chat_cooldown_seconds=600)).engine
+    engine = (await start_telegram(telegram_chat_cooldown_seconds=600)).engine
     group = FakeBotAPI.group_chat(GROUP_ID)
     api.send(group, ALICE, "/length short")  # commands are never limited
     await answers(api, GROUP_ID, 1)
@@ -329,9 +265,9 @@ async def test_a_busy_group_is_limited_per_chat_with_one_polite_notice(
 
 
 async def test_a_member_cannot_switch_the_persona_with_the_keyboard(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot()).engine  # telegram_admin_only defaults to true
+    engine = (await start_telegram()).engine  # telegram_admin_only defaults to true
     group = FakeBotAPI.group_chat(GROUP_ID)
     api.send(group, BOB, "/persona")  # anyone may look
     (keyboard_message,) = await answers(api, GROUP_ID, 1)
@@ -345,9 +281,9 @@ async def test_a_member_cannot_switch_the_persona_with_the_keyboard(
 
 
 async def test_stream_replies_shows_a_group_reply_while_it_is_written(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot(stream_replies=True)).engine
+    engine = (await start_telegram(stream_replies=True)).engine
     group = FakeBotAPI.group_chat(GROUP_ID)
     api.send(group, ALICE, f"@{BOT_USERNAME} Tell me a short story about a lighthouse keeper.")
     (preview,) = await answers(api, GROUP_ID, 1)
@@ -367,9 +303,9 @@ async def test_stream_replies_shows_a_group_reply_while_it_is_written(
 
 
 async def test_stream_replies_drafts_a_private_reply_then_sends_it(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot(stream_replies=True)).engine
+    engine = (await start_telegram(stream_replies=True)).engine
     api.send(private(ALICE), ALICE, "Tell me a short story about a lighthouse keeper.")
     (reply,) = await answers(api, ALICE["id"], 1)
     stored = await _finished_reply(engine, conversation(ALICE["id"]))
@@ -388,8 +324,10 @@ async def _finished_reply(engine: Engine, here: ConversationRef) -> str:
     return (await engine.history(here))[1].text
 
 
-async def test_a_429_with_retry_after_is_honoured(start_bot: StartBot, api: FakeBotAPI) -> None:
-    await start_bot()
+async def test_a_429_with_retry_after_is_honoured(
+    start_telegram: StartBot, api: FakeBotAPI
+) -> None:
+    await start_telegram()
     api.fail_next("sendMessage", 429, retry_after=1)
     api.send(private(BOB), BOB, "/personas")
     (listing,) = await answers(api, BOB["id"], 1)
@@ -400,9 +338,9 @@ async def test_a_429_with_retry_after_is_honoured(start_bot: StartBot, api: Fake
 
 
 async def test_dropped_connections_are_retried_and_polling_goes_on(
-    start_bot: StartBot, api: FakeBotAPI, frontend_log: LogWatch
+    start_telegram: StartBot, api: FakeBotAPI, frontend_log: LogWatch
 ) -> None:
-    await start_bot()
+    await start_telegram()
     await api.wait_for(lambda: api.calls_to("getUpdates"))
     api.drop_next("getUpdates")  # the network drops a long poll...
     api.drop_next("sendMessage")  # ...and then an answer on its way out
@@ -418,7 +356,7 @@ async def test_dropped_connections_are_retried_and_polling_goes_on(
 
 
 async def test_errors_are_logged_and_the_poller_carries_on(
-    start_bot: StartBot,
+    start_telegram: StartBot,
     api: FakeBotAPI,
     offline_generator: TransformersGenerator,
     frontend_log: LogWatch,
@@ -430,7 +368,7 @@ async def test_errors_are_logged_and_the_poller_carries_on(
         offline_generator._spec,
         offline_generator._system_role,
     )
-    engine = (await start_bot(generator=generator, max_message_chars=200)).engine
+    engine = (await start_telegram(generator=generator, max_message_chars=200)).engine
     chat = private(ALICE)
     here = conversation(ALICE["id"])
 
@@ -481,10 +419,10 @@ def _free_port() -> int:
 
 
 async def test_webhook_mode_checks_the_secret_and_answers(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
     port = _free_port()
-    await start_bot(
+    await start_telegram(
         telegram_webhook_url="https://bot.example.invalid/tg/hook",
         telegram_webhook_listen="127.0.0.1",
         telegram_webhook_port=port,
@@ -509,12 +447,14 @@ async def test_webhook_mode_checks_the_secret_and_answers(
     assert not api.calls_to("getUpdates")
 
 
-async def test_a_webhook_port_in_use_is_a_clear_configuration_error(start_bot: StartBot) -> None:
+async def test_a_webhook_port_in_use_is_a_clear_configuration_error(
+    start_telegram: StartBot,
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         with pytest.raises(ConfigError, match="PERSONABOT_TELEGRAM_WEBHOOK_PORT"):
-            await start_bot(
+            await start_telegram(
                 telegram_webhook_url="https://bot.example.invalid/hook",
                 telegram_webhook_listen="127.0.0.1",
                 telegram_webhook_port=taken.getsockname()[1],
@@ -536,33 +476,24 @@ async def test_a_rejected_token_is_a_clear_configuration_error(
 # -- the sending path the handlers use, with texts the small model will not write on cue -------
 
 
-@pytest.fixture
-async def bot(
-    api: FakeBotAPI, make_settings: SettingsFactory, offline_generator: TransformersGenerator
-) -> AsyncIterator[Any]:
-    """The frontend's own configured PTB bot (rate limiter included), initialised."""
-    settings = make_settings(telegram_token=TOKEN, telegram_api_url=api.api_url)
-    engine = await build_engine(settings, generator=SharedGenerator(offline_generator))
-    application = build_application(engine, settings)
-    async with application:
-        yield application.bot
-    await engine.aclose()
-
-
-async def test_a_5000_character_reply_arrives_as_two_messages(bot: Any, api: FakeBotAPI) -> None:
+async def test_a_5000_character_reply_arrives_as_two_messages(
+    telegram_bot: Any, api: FakeBotAPI
+) -> None:
     sentences = [f"This is sentence number {i} of a very long reply." for i in range(200)]
     text = " ".join(sentences)[:5000].rsplit(" ", 1)[0] + "."
     assert 4900 < len(text) <= 5000
-    await send_text(bot, ALICE["id"], text)
+    await send_text(telegram_bot, ALICE["id"], text)
     first, second = api.sent_to(ALICE["id"])
     assert len(first["text"]) <= 4096 and first["text"].endswith("reply.")
     assert second["text"].startswith("This is sentence number")
     assert f"{first['text']} {second['text']}" == text
 
 
-async def test_the_limit_is_counted_in_utf16_like_telegram(bot: Any, api: FakeBotAPI) -> None:
+async def test_the_limit_is_counted_in_utf16_like_telegram(
+    telegram_bot: Any, api: FakeBotAPI
+) -> None:
     text = " ".join(["😀🎉✨"] * 1000)  # 3,999 characters but 5,999 UTF-16 units
-    await send_text(bot, ALICE["id"], text)
+    await send_text(telegram_bot, ALICE["id"], text)
     assert len(api.sent_to(ALICE["id"])) == 2  # one message would be refused as too long
     assert all(c.status == 200 for c in api.calls_to("sendMessage"))
 
@@ -586,9 +517,9 @@ MARKUP_HEAVY_AS_READ = (
 
 
 async def test_model_output_full_of_markup_characters_is_delivered(
-    bot: Any, api: FakeBotAPI
+    telegram_bot: Any, api: FakeBotAPI
 ) -> None:
-    await send_text(bot, ALICE["id"], MARKUP_HEAVY)
+    await send_text(telegram_bot, ALICE["id"], MARKUP_HEAVY)
     (message,) = api.sent_to(ALICE["id"])
     assert message["parse_mode"] == "HTML"
     assert message["text"] == MARKUP_HEAVY_AS_READ
@@ -601,10 +532,10 @@ async def test_model_output_full_of_markup_characters_is_delivered(
 
 
 async def test_plain_text_is_the_fallback_if_telegram_cannot_parse(
-    bot: Any, api: FakeBotAPI
+    telegram_bot: Any, api: FakeBotAPI
 ) -> None:
     api.fail_next("sendMessage", 400, "Bad Request: can't parse entities: something new")
-    await send_text(bot, ALICE["id"], MARKUP_HEAVY)
+    await send_text(telegram_bot, ALICE["id"], MARKUP_HEAVY)
     (message,) = api.sent_to(ALICE["id"])
     assert message["parse_mode"] is None and message["text"] == MARKUP_HEAVY
 
@@ -693,9 +624,9 @@ def _message(chat: JSON, user: JSON, text: str) -> JSON:
 
 
 async def test_forget_deletes_only_the_callers_messages_and_needs_no_admin(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot(telegram_admin_only=False)).engine
+    engine = (await start_telegram(telegram_admin_only=False)).engine
     group = FakeBotAPI.group_chat(GROUP_ID)
     here = conversation(GROUP_ID)
     api.send(group, ALICE, "/length short")
@@ -727,9 +658,9 @@ async def test_forget_deletes_only_the_callers_messages_and_needs_no_admin(
 
 
 async def test_retry_edits_the_last_reply_in_place_or_sends_a_new_one(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_telegram()).engine
     chat = private(ALICE)
     api.send(chat, ALICE, "/length short")
     api.send(chat, ALICE, "What is your favourite colour?")
@@ -753,9 +684,9 @@ async def test_retry_edits_the_last_reply_in_place_or_sends_a_new_one(
 
 
 async def test_retry_in_a_group_is_for_the_person_answered_or_admins(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_telegram()).engine
     group = FakeBotAPI.group_chat(GROUP_ID)
     api.send(group, ALICE, f"@{BOT_USERNAME} tell me about the sea")
     (reply,) = await answers(api, GROUP_ID, 1)
@@ -770,9 +701,9 @@ async def test_retry_in_a_group_is_for_the_person_answered_or_admins(
 
 
 async def test_personas_are_created_and_deleted_with_commands(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_telegram()).engine
     chat = private(ALICE)
     api.send(chat, ALICE, "/persona create chef\nYou are a passionate chef.\nYou love basil.")
     (created,) = await answers(api, ALICE["id"], 1)
@@ -801,9 +732,9 @@ async def test_personas_are_created_and_deleted_with_commands(
 
 
 async def test_chat_always_answers_every_message_in_a_group(
-    start_bot: StartBot, api: FakeBotAPI
+    start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_bot()).engine
+    engine = (await start_telegram()).engine
     group = FakeBotAPI.group_chat(GROUP_ID)
     api.members[(GROUP_ID, ALICE["id"])] = "administrator"
     api.send(group, BOB, "/chat always")
@@ -832,10 +763,12 @@ async def test_chat_always_answers_every_message_in_a_group(
     assert len(await engine.history(conversation(GROUP_ID))) == 2
 
 
-async def test_every_command_in_the_table_is_answered(start_bot: StartBot, api: FakeBotAPI) -> None:
+async def test_every_command_in_the_table_is_answered(
+    start_telegram: StartBot, api: FakeBotAPI
+) -> None:
     """Each Telegram command of the shared table (bots/conversation/commands.py) has a
     handler: it answers, and never with "Unknown command"."""
-    await start_bot()
+    await start_telegram()
     chat = private(ALICE)
     typed = [spelling.split()[0] for _, spelling in telegram_spellings()]
     for command in typed:
