@@ -71,6 +71,11 @@ APOLOGY_OUT_OF_MEMORY = (
 )
 #: What the user is told when too many replies are already waiting for the model.
 BUSY = "Sorry, I'm answering a lot of messages right now. Please try again in a moment."
+#: ... and when too many messages of this conversation are already waiting for theirs.
+BUSY_HERE = (
+    "Sorry, I'm still answering earlier messages here. Please wait for those replies before "
+    "writing more."
+)
 
 #: The least sampling temperature of a retry, so that it can say something else.
 RETRY_MIN_TEMPERATURE = 0.7
@@ -108,6 +113,7 @@ class Engine:
         self._arrivals = TurnQueue()
         self._turns = TurnQueue()
         self._empty_reply_tokens: int | None = None
+        self._always_answer: dict[str, bool] = {}
 
     # -- read-only facts for frontends --------------------------------------------------------
 
@@ -145,6 +151,11 @@ class Engine:
         usual. Every call ends in one ``event=reply`` (or ``reply_failed``) log line and in
         the metrics.
         """
+        if (
+            self._turns.unfinished(conversation.key())
+            >= self._settings.max_waiting_per_conversation
+        ):
+            return await self._measured(conversation, _refused(GeneratorBusyError(BUSY_HERE)))
         return await self._measured(
             conversation, self._answer(conversation, author, text, on_partial=on_partial)
         )
@@ -256,9 +267,8 @@ class Engine:
             reply_text, generation_seconds = await self._write_reply(
                 state, persona, prompt, params, history, user_message, on_partial
             )
-            reply_message = await self._store.add_message(
+            reply_message = await self._store.add_reply(
                 state.id,
-                role="assistant",
                 author=Author(id="personabot", display_name=persona.display_name),
                 text=reply_text,
                 persona=persona.name,
@@ -268,7 +278,13 @@ class Engine:
             arrival.finish()
             turn.finish()
         return _reply(
-            reply_text, mood, persona, user_message.id, reply_message.id, prompt, generation_seconds
+            reply_text,
+            mood,
+            persona,
+            user_message.id,
+            None if reply_message is None else reply_message.id,
+            prompt,
+            generation_seconds,
         )
 
     async def _answer_again(
@@ -315,16 +331,14 @@ class Engine:
             )
             reply_id = old.id if old is not None and rewritten else None
             if reply_id is None:
-                reply_id = (
-                    await self._store.add_message(
-                        state.id,
-                        role="assistant",
-                        author=speaker,
-                        text=reply_text,
-                        persona=persona.name,
-                        reply_to_id=question.id,
-                    )
-                ).id
+                stored_reply = await self._store.add_reply(
+                    state.id,
+                    author=speaker,
+                    text=reply_text,
+                    persona=persona.name,
+                    reply_to_id=question.id,
+                )
+                reply_id = None if stored_reply is None else stored_reply.id
         finally:
             turn.finish()
         log_event("retry", conversation=conversation.key(), reply_message=reply_id)
@@ -460,18 +474,35 @@ class Engine:
         """Whether a chat frontend answers every message here, not only those addressed to it.
 
         Reading it never creates the conversation, so frontends may ask for every message.
+        It is read from the database once per conversation, in one attempt, and then kept
+        in memory (it changes only through :meth:`set_always_answer`): a busy server must
+        not cost a query per message, nor park every message in the outage retries.
         """
-        return await self._store.always_answer(conversation)
+        key = conversation.key()
+        known = self._always_answer.get(key)
+        if known is None:
+            known = self._always_answer[key] = await self._store.always_answer(conversation)
+        return known
 
     async def set_always_answer(self, conversation: ConversationRef, always: bool) -> None:
         await self._store.set_always_answer(
             conversation, always, default_persona=self._settings.default_persona
         )
+        self._always_answer[conversation.key()] = always
 
     async def reset(self, conversation: ConversationRef) -> int:
-        """Forget the conversation's messages (persona and length stay); returns how many."""
-        state = await self._state(conversation)
-        removed = await self._store.clear_history(state.id)
+        """Forget the conversation's messages (persona and length stay); returns how many.
+
+        It takes its turn like a message: a reply being written here is finished and stored
+        first, then deleted with the rest, instead of failing to store after the reset.
+        """
+        turn = self._turns.join(conversation.key())
+        try:
+            await turn.wait()
+            state = await self._state(conversation)
+            removed = await self._store.clear_history(state.id)
+        finally:
+            turn.finish()
         self.metrics.purged.labels("reset").inc(removed)
         log_event("reset", conversation=conversation.key(), deleted=removed)
         return removed
@@ -764,7 +795,7 @@ def _reply(
     mood: MoodResult,
     persona: Persona,
     user_message_id: int,
-    reply_message_id: int,
+    reply_message_id: int | None,
     prompt: Prompt,
     generation_seconds: float,
 ) -> Reply:
@@ -778,6 +809,11 @@ def _reply(
         history_messages_used=prompt.history_used,
         extra={"generation_seconds": generation_seconds},
     )
+
+
+async def _refused(error: Exception) -> Reply:
+    """A reply that fails at once, measured like any other."""
+    raise error
 
 
 def _last_exchange(

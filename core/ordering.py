@@ -47,7 +47,7 @@ class Turn:
     def _release(self) -> None:
         if not self._mine.done():
             self._mine.set_result(None)
-        self._queue._forget(self._key, self._mine)
+            self._queue._forget(self._key, self._mine)
 
 
 class TurnQueue:
@@ -55,14 +55,25 @@ class TurnQueue:
 
     def __init__(self) -> None:
         self._tails: dict[str, asyncio.Future[None]] = {}
+        self._unfinished: dict[str, int] = {}
 
     def join(self, key: str) -> Turn:
         """Take the next place in ``key``'s queue; synchronous so order is call order."""
         turn = Turn(self, key, self._tails.get(key))
         self._tails[key] = turn._mine
+        self._unfinished[key] = self._unfinished.get(key, 0) + 1
         return turn
 
+    def unfinished(self, key: str) -> int:
+        """How many turns of ``key`` are waiting or running."""
+        return self._unfinished.get(key, 0)
+
     def _forget(self, key: str, future: asyncio.Future[None]) -> None:
+        left = self._unfinished.get(key, 1) - 1
+        if left:
+            self._unfinished[key] = left
+        else:
+            self._unfinished.pop(key, None)
         if self._tails.get(key) is future:
             del self._tails[key]
 

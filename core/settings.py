@@ -267,6 +267,15 @@ class Settings(BaseSettings):
         description="Most replies waiting for a place in the batch; beyond it a message is "
         "answered at once with 'busy, try again' instead of waiting.",
     )
+    max_waiting_per_conversation: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Most messages of one conversation waiting for their reply; beyond it a "
+        "message is answered at once with 'still answering earlier messages' instead of "
+        "queueing, so a busy /chat always channel cannot pile up replies that arrive minutes "
+        "late.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="Logging threshold for messages on standard error."
     )

@@ -132,7 +132,8 @@ class Reply:
     mood: MoodResult
     persona: str
     user_message_id: int
-    reply_message_id: int
+    reply_message_id: int | None
+    """None when the reply was not stored: its message was deleted (/forget) meanwhile."""
     prompt_tokens: int = 0
     history_messages_used: int = 0
     extra: dict[str, object] = field(default_factory=dict)

@@ -108,7 +108,8 @@ async def test_concurrent_messages_answered_in_arrival_order(engine: Engine) -> 
     replies = await asyncio.gather(*(engine.reply(conv(), ALICE, t) for t in texts), other)
     mine = replies[:4]
     # Replies were generated and stored in arrival order...
-    assert [r.reply_message_id for r in mine] == sorted(r.reply_message_id for r in mine)
+    stored = [r.reply_message_id for r in mine]
+    assert None not in stored and stored == sorted(r.reply_message_id or 0 for r in mine)
     assert [r.user_message_id for r in mine] == sorted(r.user_message_id for r in mine)
     # ...and each reply saw every earlier exchange of its conversation, none of the other's.
     assert [r.history_messages_used for r in mine] == [0, 2, 4, 6]

@@ -103,6 +103,7 @@ async def test_history_past_the_retention_period_is_deleted_at_startup_and_while
     await engine.aclose()
     # The question is old; its reply is recent (written late), and goes with it anyway.
     await age(database_url, [old.user_message_id], days=400)
+    assert recent.reply_message_id is not None
     await age(database_url, [recent.user_message_id, recent.reply_message_id], days=3)
 
     monkeypatch.setattr(engine_module, "RETENTION_INTERVAL_SECONDS", 0.05)

@@ -275,3 +275,33 @@ async def test_a_message_is_stored_once_when_the_commit_is_cut_off(
     assert proxy.cuts == [cut]
     history = await store.history(state.id, limit=10)
     assert history == [stored]
+
+
+async def test_the_answer_mode_is_read_once_and_never_waits_out_an_outage(
+    outage_server: PostgresServer,
+    make_settings: SettingsFactory,
+    offline_generator: TransformersGenerator,
+) -> None:
+    """Chat frontends ask for every group message whether to answer it: during an outage
+    that must neither park each message in the 30-s retries nor forget a known mode."""
+    engine = await build(
+        make_settings,
+        offline_generator,
+        outage_server.create_database(),
+        database_outage_seconds=30,
+        database_retry_backoff_seconds=0.05,
+    )
+    busy, quiet = ConversationRef("test", "busy"), ConversationRef("test", "quiet")
+    try:
+        await engine.set_always_answer(busy, True)
+        assert not await engine.always_answer(quiet)  # read once, from the database
+        await asyncio.to_thread(outage_server.stop)
+        # Known conversations are answered from memory...
+        assert await asyncio.wait_for(engine.always_answer(busy), 1)
+        assert not await asyncio.wait_for(engine.always_answer(quiet), 1)
+        # ...and an unknown one fails at once instead of retrying for 30 s.
+        with pytest.raises(StorageError):
+            await asyncio.wait_for(engine.always_answer(ConversationRef("test", "new")), 5)
+    finally:
+        await asyncio.to_thread(outage_server.start)
+        await engine.aclose()

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bots.conversation import texts
 from bots.conversation.commands import commands_on
 from bots.runner import plan_frontends
 from bots.telegram import run_telegram
@@ -36,6 +37,7 @@ from tests.conftest import REPO, SettingsFactory, SharedGenerator
 from tests.fake_telegram import BOT_USERNAME, DROPPED, TOKEN, FakeBotAPI
 from tests.log_watch import LogWatch, watching
 from tests.polling import until
+from tests.postgres import PostgresServer
 from tests.support.running_bot import StartBot
 from tests.support.telegram_helpers import (
     ALICE,
@@ -776,3 +778,24 @@ async def test_every_command_in_the_table_is_answered(
     sent = await answers(api, ALICE["id"], len(typed))
     assert len(sent) == len(typed)
     assert not [m["text"] for m in sent if m["text"].startswith("Unknown command")]
+
+
+async def test_a_storage_outage_shows_a_fixed_text_and_never_the_database(
+    start_telegram: StartBot, api: FakeBotAPI, outage_server: PostgresServer
+) -> None:
+    url = outage_server.create_database()
+    await start_telegram(
+        database_url=url, database_outage_seconds=0.2, database_retry_backoff_seconds=0.05
+    )
+    await asyncio.to_thread(outage_server.stop)
+    try:
+        chat = private(ALICE)
+        api.send(chat, ALICE, "Are you there?")
+        api.send(chat, ALICE, "/reset")
+        sent = await answers(api, ALICE["id"], 2)
+        assert [m["text"] for m in sent] == [texts.STORAGE_UNAVAILABLE] * 2
+        for message in sent:
+            for secret in (outage_server.password, str(outage_server.port), "postgresql"):
+                assert secret not in message["text"]
+    finally:
+        await asyncio.to_thread(outage_server.start)

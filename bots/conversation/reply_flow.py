@@ -241,7 +241,7 @@ class ReplyFlow:
                 sent = last.sent
             else:
                 sent = await delivery.send(text)
-            if isinstance(reply, Reply) and sent:
+            if isinstance(reply, Reply) and reply.reply_message_id is not None and sent:
                 self._remember(key, _Delivered(reply.reply_message_id, sent))
         finally:
             turn.finish()
@@ -265,7 +265,7 @@ class ReplyFlow:
         except PersonabotError as exc:
             # The engine stored the user's message before it failed; nothing is lost.
             log.warning("No reply in %s: %s", conversation.key(), exc)
-            return str(exc)
+            return texts.error_text(exc)
         except Exception:
             log.exception("Unexpected error answering in %s.", conversation.key())
             return texts.APOLOGY

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from core.errors import PersonabotError, StorageError
 from core.personas import Persona
 from core.types import LengthPreset, Mood, MoodResult
 
@@ -130,3 +131,15 @@ TELEGRAM_PRIVACY_MODE = (
     "Note: Telegram only shows me every message in a group if my privacy mode is off "
     "(ask the bot's owner: @BotFather → /setprivacy → Disable) or if I am an admin here."
 )
+
+
+STORAGE_UNAVAILABLE = (
+    "Sorry, I can't reach my memory (the database) right now. Please try again in a moment."
+)
+"""Said instead of a storage error's own text, which names the database and where it is."""
+
+
+def error_text(error: PersonabotError) -> str:
+    """What chat users see of an error: its own text, except storage details, which go to
+    the log only (they name the database file or server)."""
+    return STORAGE_UNAVAILABLE if isinstance(error, StorageError) else str(error)

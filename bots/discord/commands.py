@@ -55,7 +55,8 @@ class CommandTree(app_commands.CommandTree[discord.Client]):
         if isinstance(error, Refused):
             text = str(error)
         elif isinstance(original, PersonabotError):
-            text = str(original)
+            log.info("Discord command refused: %s", original)
+            text = texts.error_text(original)
         elif isinstance(error, app_commands.CommandNotFound):
             text = "I don't know that command (any more). Try /help."
         elif isinstance(error, app_commands.CheckFailure):
@@ -162,7 +163,7 @@ class PersonaModal(discord.ui.Modal, title="Create a persona"):
                 switch_with="/persona set",
             )
         except PersonabotError as exc:
-            await respond(interaction, str(exc), ephemeral=True)
+            await respond(interaction, texts.error_text(exc), ephemeral=True)
             return
         self._flow.spoke(conversation_of(_channel(interaction)))
         await respond(interaction, answer, ephemeral=False)

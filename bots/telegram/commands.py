@@ -9,7 +9,9 @@ decides.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from telegram import Bot, Chat, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update, User
@@ -64,6 +66,26 @@ def _argument(message: Message) -> str:
     return parts[1].strip() if len(parts) > 1 else ""
 
 
+Handler = Callable[[Update, Context], Coroutine[Any, Any, None]]
+
+
+def _answering_errors(handler: Handler) -> Handler:
+    """A command handler that answers a PersonabotError (a database outage, a bad argument)
+    with its text for chat users, instead of leaving the user without an answer and the
+    log with a traceback."""
+
+    @functools.wraps(handler)
+    async def answering(update: Update, context: Context) -> None:
+        try:
+            await handler(update, context)
+        except PersonabotError as exc:
+            log.warning("Telegram command failed: %s", exc)
+            if (origin := _origin(update)) is not None:
+                await say(context.bot, origin[1], texts.error_text(exc), origin[0])
+
+    return answering
+
+
 def _origin(update: Update) -> tuple[Message, Place] | None:
     message = update.message
     return None if message is None else (message, place_of(message))
@@ -103,7 +125,7 @@ class TelegramCommands:
             "chat": self.chat,
         }
         for name, callback in commands.items():
-            application.add_handler(CommandHandler(name, callback))
+            application.add_handler(CommandHandler(name, _answering_errors(callback)))
         application.add_handler(CallbackQueryHandler(self.persona_button, pattern=r"^persona:"))
         application.add_handler(CallbackQueryHandler(self.length_button, pattern=r"^length:"))
         application.add_handler(MessageHandler(filters.COMMAND, self.unknown_command))
@@ -172,7 +194,7 @@ class TelegramCommands:
         try:
             persona = await self._engine.set_persona(place.conversation, name)
         except PersonabotError as exc:
-            await say(context.bot, place, str(exc), message)
+            await say(context.bot, place, texts.error_text(exc), message)
             return
         await self._say(context.bot, place, texts.persona_set(persona), message)
 
@@ -195,7 +217,7 @@ class TelegramCommands:
             else:
                 _, answer = await delete_persona(self._engine, argument)
         except PersonabotError as exc:
-            answer = str(exc)
+            answer = texts.error_text(exc)
         await self._say(bot, place, answer, message)
 
     async def personas(self, update: Update, context: Context) -> None:
@@ -251,7 +273,7 @@ class TelegramCommands:
             else:
                 count = await self._engine.forget(author, place.conversation)
         except PersonabotError as exc:
-            await say(context.bot, place, str(exc), message)
+            await say(context.bot, place, texts.error_text(exc), message)
             return
         await self._say(context.bot, place, texts.forgotten(count, everywhere=everywhere), message)
 
@@ -264,7 +286,7 @@ class TelegramCommands:
             try:
                 answer = texts.mood_of_text(await self._engine.detect_mood(text))
             except PersonabotError as exc:
-                answer = str(exc)
+                answer = texts.error_text(exc)
         else:
             author = author_of_message(message)
             mood = (
@@ -351,7 +373,7 @@ class TelegramCommands:
             try:
                 persona = await self._engine.set_persona(place.conversation, chosen)
             except PersonabotError as exc:
-                await query.answer(str(exc)[:200], show_alert=True)
+                await query.answer(texts.error_text(exc)[:200], show_alert=True)
                 return
             await query.answer(f"Persona set to {persona.display_name}.")
             await query.edit_message_text(texts.persona_set(persona))

@@ -26,7 +26,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from core.errors import StorageError
 from core.storage.database import Database, one_line
 from core.storage.models import Conversation, Message, StoredPersona, utcnow
-from core.storage.retry import describe, is_transient, retrying
+from core.storage.retry import RetryPolicy, describe, is_transient, retrying
 from core.types import Author, ConversationRef, LengthPreset, Mood, MoodResult, StoredMessage
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class ConversationStore:
         Chat frontends ask this for every group message they see, most of them in channels
         the bot never talks in, which must not each get a conversation row.
         """
-        found = await self._run("load the conversation", lambda: self._find(ref))
+        found = await self._run("load the conversation", lambda: self._find(ref), patient=False)
         return found is not None and found.always_answer
 
     async def find(self, ref: ConversationRef) -> ConversationState | None:
@@ -196,6 +196,33 @@ class ConversationStore:
             return _stored(row)
 
         return await self._run("store the message", attempt)
+
+    async def add_reply(
+        self, conversation_id: int, *, author: Author, text: str, persona: str, reply_to_id: int
+    ) -> StoredMessage | None:
+        """Store a reply, or nothing (None) when the message it answers was deleted while
+        it was written (/forget everywhere does not wait for replies in flight)."""
+        try:
+            return await self.add_message(
+                conversation_id,
+                role="assistant",
+                author=author,
+                text=text,
+                persona=persona,
+                reply_to_id=reply_to_id,
+            )
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, IntegrityError) or await self._exists(reply_to_id):
+                raise
+            log.info("Message %d was deleted while it was answered; reply not stored.", reply_to_id)
+            return None
+
+    async def _exists(self, message_id: int) -> bool:
+        async def attempt() -> bool:
+            async with self._db.session() as session:
+                return await session.get(Message, message_id) is not None
+
+        return await self._run("look up the message", attempt)
 
     async def _message_if_stored(
         self, message_id: int, conversation_id: int, text: str
@@ -390,12 +417,14 @@ class ConversationStore:
 
     # -- errors -------------------------------------------------------------------------------
 
-    async def _run(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run with the database's outage retries; failures become a readable StorageError."""
+    async def _run(
+        self, action: str, operation: Callable[[], Awaitable[T]], *, patient: bool = True
+    ) -> T:
+        """Run with the database's outage retries (``patient``; else one attempt); failures
+        become a readable StorageError."""
+        policy = self._db.retry if patient else RetryPolicy()
         try:
-            return await retrying(
-                operation, policy=self._db.retry, action=action, where=self._db.url
-            )
+            return await retrying(operation, policy=policy, action=action, where=self._db.url)
         except DBAPIError as exc:
             raise StorageError(_describe(action, self._db.url, exc)) from exc
         except (OSError, PoolTimeoutError) as exc:
