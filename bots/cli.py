@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 import typer
 
@@ -17,6 +18,8 @@ from bots.cli_common import ConfigOption, ProfileOption, run_command, settings_o
 from bots.cli_mood import register_mood_commands
 from bots.cli_persona import persona_app
 from bots.cli_training import register_training_commands
+from core import redaction
+from core.errors import StorageError
 from core.settings import Settings
 
 app = typer.Typer(
@@ -143,13 +146,28 @@ def personas(config: ConfigOption = None) -> None:
 
 @app.command("config")
 def show_config(config: ConfigOption = None) -> None:
-    """Print the effective settings (tokens masked) and where data lives."""
+    """Print the effective settings (tokens and passwords masked) and where data lives."""
     settings = settings_or_exit(config)
     for key, value in settings.model_dump().items():
-        typer.echo(f"{key} = {value!s}")
-    typer.echo(f"# database: {settings.resolved_database_url}")
+        typer.echo(f"{key} = {_shown(key, value)}")
+    typer.echo(f"# database: {_shown('database_url', settings.resolved_database_url)}")
     typer.echo(f"# persona folder: {settings.resolved_persona_dir}")
     typer.echo(f"# model cache: {settings.resolved_cache_dir}")
+
+
+def _shown(key: str, value: object) -> str:
+    """A setting as `config` may print it: output that gets pasted into bug reports and chats.
+
+    Tokens are SecretStr and print as stars already, but the database URL is a plain string
+    whose password would show, so it goes through the same masking as every storage message.
+    Every other value is redacted too: a password in another URL (a proxy's in
+    OPENAI_BASE_URL) or a configured secret must not leak through a field nobody thought of.
+    """
+    if key == "database_url" and value is not None:
+        from core.storage.database import masked
+
+        return masked(str(value))
+    return redaction.redact(str(value))
 
 
 @db_app.command("upgrade")
@@ -179,21 +197,55 @@ def db_current(config: ConfigOption = None) -> None:
     run_command(_migrate(settings, "current", ""))
 
 
-async def _migrate(settings: Settings, action: str, revision: str) -> int:
-    from sqlalchemy.ext.asyncio import create_async_engine
+async def _migrate(
+    settings: Settings, action: Literal["upgrade", "downgrade", "current"], revision: str
+) -> int:
+    """Run one `db` command the way start-up migrates: same engine set-up, same lock.
+
+    The engine comes from ``make_engine``, so a malformed URL or a missing driver is a
+    one-line StorageError naming PERSONABOT_DATABASE_URL, not a traceback. On SQLite the
+    command takes start-up's migration lock (a file beside the database) and waits, as a
+    starting bot does, while another process holds it, saying so on stderr; a manual
+    upgrade can then never interleave with a bot's auto-migration. PostgreSQL needs
+    nothing here: ``migrate`` takes its advisory lock inside every upgrade and downgrade,
+    and reading the revision is one transactional SELECT.
+    """
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
 
     from core.bootstrap import prepare_data_dir
     from core.storage import migrate
+    from core.storage.database import make_engine, masked, sqlite_migration_lock
+    from core.storage.retry import describe, is_transient
+
+    def waiting(lock_file: Path) -> None:
+        typer.echo(
+            f"personabot: another process is migrating this database (it holds {lock_file}); "
+            "waiting for it to finish…",
+            err=True,
+        )
 
     if settings.database_url is None:
         prepare_data_dir(settings)
-    engine = create_async_engine(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    where = masked(engine.url)
     try:
-        if action == "upgrade":
-            await migrate.upgrade(engine, revision)
-        elif action == "downgrade":
-            await migrate.downgrade(engine, revision)
-        current = await migrate.current_revision(engine)
+        async with sqlite_migration_lock(engine, on_wait=waiting):
+            if action == "upgrade":
+                await migrate.upgrade(engine, revision)
+            elif action == "downgrade":
+                await migrate.downgrade(engine, revision)
+            current = await migrate.current_revision(engine)
+    except (SQLAlchemyError, OSError, CommandError) as exc:
+        hint = (
+            " Check PERSONABOT_DATABASE_URL and that the database server is running and "
+            "reachable from here."
+            if isinstance(exc, OSError) or is_transient(exc)
+            else ""
+        )
+        raise StorageError(
+            f"`personabot db {action}` failed on the database {where}: {describe(exc)}.{hint}"
+        ) from exc
     finally:
         await engine.dispose()
     typer.echo(f"database revision: {current or 'base (empty)'}; latest: {migrate.head_revision()}")

@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,7 @@ async def _prepare_sqlite_file(engine: AsyncEngine) -> None:
     if path is None:
         return
     try:
-        async with _sqlite_migration_lock(engine):
+        async with sqlite_migration_lock(engine):
             await asyncio.to_thread(_switch_to_wal, path)
     except (sqlite3.Error, OSError) as exc:
         raise StorageError(f"Cannot open the database {masked(engine.url)}: {exc}") from exc
@@ -320,7 +320,7 @@ async def _check_schema(engine: AsyncEngine, *, auto_migrate: bool) -> None:
             "PERSONABOT_AUTO_MIGRATE=true)."
         )
     try:
-        async with _sqlite_migration_lock(engine):
+        async with sqlite_migration_lock(engine):
             # Another process may have migrated while this one waited for the lock.
             if await migrate.current_heads(engine) == (head,):
                 return
@@ -333,21 +333,34 @@ async def _check_schema(engine: AsyncEngine, *, auto_migrate: bool) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _sqlite_migration_lock(engine: AsyncEngine) -> AsyncIterator[None]:
-    """Serialise start-up migrations of one SQLite file across processes (and engines).
+async def sqlite_migration_lock(
+    engine: AsyncEngine, *, on_wait: Callable[[Path], None] | None = None
+) -> AsyncIterator[None]:
+    """Serialise migrations of one SQLite file across processes (and engines).
 
     Two bots started together on one database would otherwise both run the first revision,
     and the second would fail on "table already exists": SQLite's driver runs DDL outside
     the migration's transaction, so its own locking does not help. An exclusive ``flock``
     on a file beside the database does; PostgreSQL takes an advisory lock in ``migrate``.
+    Start-up and ``personabot db`` both take it, so a manual migration cannot run into a
+    bot's. Whoever finds it held waits; ``on_wait`` (given the lock file) is called first,
+    so a person at a terminal is told why nothing happens.
     """
     path = sqlite_file(engine.url)
     if path is None:
         yield
         return
-    fd = os.open(path.with_name(path.name + ".migrate-lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock_file = path.with_name(path.name + ".migrate-lock")
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        if on_wait is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait(lock_file)
+                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        else:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
