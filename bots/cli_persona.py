@@ -16,6 +16,8 @@ from typing import Annotated
 import typer
 
 from bots.cli_common import ConfigOption, run_command, settings_or_exit
+from bots.conversation.scopes import discord_dm_scope, discord_server_scope, telegram_chat_scope
+from core.personas import GLOBAL
 from core.settings import Settings
 from core.storage import ConversationStore
 
@@ -88,7 +90,7 @@ def add_adapter(
         shipped = {p.name for p in load_builtin_personas()}
         shipped |= {p.name for p in load_persona_dir(settings.resolved_persona_dir)}
         async with open_store(settings) as store:
-            stored = {stored_name for stored_name, _ in await store.list_personas()}
+            stored = {n for scope, n, _ in await store.list_personas() if scope == GLOBAL}
             if persona.name in stored and not replace:
                 typer.echo(
                     f"personabot: a stored persona {persona.name!r} exists already; pass "
@@ -104,15 +106,29 @@ def add_adapter(
             f"Registered persona {persona.name!r}{note} with adapter {info.path} "
             f"(base model {info.base_model}, LoRA rank {info.rank})."
         )
-        typer.echo(f"Restart the bot, then switch to it with /persona {persona.name}.")
+        typer.echo(
+            "It is private: grant it to the conversations that may use it with "
+            f"`personabot persona grant {persona.name} ...`, restart the bot, then switch to "
+            f"it there with /persona {persona.name}."
+        )
         return 0
 
     run_command(_add())
 
 
 @persona_app.command("list")
-def list_personas(config: ConfigOption = None) -> None:
-    """List every persona (built-in, persona folder, stored) and the adapter each uses."""
+def list_personas(
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this community's personas (e.g. discord:server:123, telegram:chat:-100); "
+            "'all' lists every community's.",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """List the personas: global ones (built-in, persona folder, stored) with the adapter
+    each uses and where private ones are granted; with --scope, a community's own."""
     settings = settings_or_exit(config)
 
     async def _list() -> int:
@@ -120,13 +136,96 @@ def list_personas(config: ConfigOption = None) -> None:
 
         async with open_store(settings) as store:
             catalog = await load_personas(settings, store)
-        for persona in catalog.all():
-            where = "stored" if catalog.is_user_defined(persona.name) else "built-in/folder"
-            adapter = persona.adapter or "default adapter"
-            typer.echo(f"{persona.name:<16} {where:<16} {adapter}")
+        if scope is None:
+            for persona in catalog.all():
+                where = "stored" if catalog.is_user_defined(persona.name) else "built-in/folder"
+                adapter = persona.adapter or "default adapter"
+                line = f"{persona.name:<16} {where:<16} {adapter}"
+                if persona.adapter is not None:
+                    granted = ", ".join(catalog.grants(persona.name)) or "nobody yet"
+                    line += f"  (private; granted to: {granted})"
+                typer.echo(line)
+            return 0
+        for where in catalog.scopes() if scope == "all" else [scope]:
+            for persona in catalog.scoped(where):
+                typer.echo(f"{where:<32} {persona.name:<16} {persona.description}")
         return 0
 
     run_command(_list())
+
+
+@persona_app.command("publish")
+def publish(
+    name: Annotated[str, typer.Argument(help="The persona's name.", show_default=False)],
+    scope: Annotated[
+        str,
+        typer.Option(
+            help="The community it was made in (see `persona list --scope all`).",
+            show_default=False,
+        ),
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Make a persona one community made usable in every server and chat."""
+    settings = settings_or_exit(config)
+    key = name.strip().lower()
+
+    async def _publish() -> int:
+        async with open_store(settings) as store:
+            taken = {n for where, n, _ in await store.list_personas() if where == GLOBAL}
+            if key in taken:
+                typer.echo(f"personabot: a global persona {key!r} exists already.", err=True)
+                return 2
+            if not await store.publish_persona(key, scope):
+                typer.echo(f"personabot: {scope} has no persona called {key!r}.", err=True)
+                return 1
+        typer.echo(f"Published {key!r}: every community can use it after a restart.")
+        return 0
+
+    run_command(_publish())
+
+
+@persona_app.command("grant")
+def grant(
+    name: Annotated[str, typer.Argument(help="A private persona's name.", show_default=False)],
+    discord_user: Annotated[
+        list[int] | None, typer.Option(help="In DMs with this Discord user (repeatable).")
+    ] = None,
+    discord_server: Annotated[
+        list[int] | None, typer.Option(help="In this Discord server (repeatable).")
+    ] = None,
+    telegram_chat: Annotated[
+        list[int] | None,
+        typer.Option(help="In this Telegram chat; a user's private chat has their id."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Let conversations use a private persona (one with its own adapter, which may repeat
+    the chat it was trained on): nobody may until it is granted."""
+    settings = settings_or_exit(config)
+    key = name.strip().lower()
+    scopes = [
+        *(discord_dm_scope(u) for u in discord_user or []),
+        *(discord_server_scope(g) for g in discord_server or []),
+        *(telegram_chat_scope(c) for c in telegram_chat or []),
+    ]
+    if not scopes:
+        raise typer.BadParameter(
+            "say where: --discord-user, --discord-server or --telegram-chat", param_hint="NAME"
+        )
+
+    async def _grant() -> int:
+        async with open_store(settings) as store:
+            stored = {n for where, n, _ in await store.list_personas() if where == GLOBAL}
+            if key not in stored:
+                typer.echo(f"personabot: no stored persona called {key!r}.", err=True)
+                return 1
+            for scope in scopes:
+                await store.grant_persona(key, scope)
+        typer.echo(f"Granted {key!r} to {', '.join(scopes)}; restart the bot to apply it.")
+        return 0
+
+    run_command(_grant())
 
 
 @persona_app.command("remove")

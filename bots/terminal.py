@@ -150,12 +150,13 @@ class TerminalChat:
             answer = await create_persona(
                 self._engine,
                 fields_from_text(rest),
+                here=self._conversation,
                 created_by=created_by,
                 switch_with="/persona",
             )
             return Line(answer)
         if action == "delete":
-            removed, answer = await delete_persona(self._engine, rest)
+            removed, answer = await delete_persona(self._engine, rest, here=self._conversation)
             return Line(answer, "info" if removed else "error")
         if rest:
             persona = await self._engine.set_persona(self._conversation, rest)
@@ -164,7 +165,7 @@ class TerminalChat:
 
     async def _personas(self, argument: str) -> Line:
         current = (await self._engine.persona(self._conversation)).name
-        items = texts.persona_list(self._engine.personas(), current)
+        items = texts.persona_list(self._engine.personas(self._conversation), current)
         separator = "\n" if self._interactive else " | "
         return Line(separator.join(items))
 

@@ -18,6 +18,7 @@ from core.generation.base import Generator
 from core.generation.factory import create_generator
 from core.mood import create_mood_detector
 from core.personas import (
+    GLOBAL,
     Persona,
     PersonaCatalog,
     load_builtin_personas,
@@ -48,16 +49,25 @@ def prepare_data_dir(settings: Settings) -> None:
 
 
 async def load_personas(settings: Settings, store: ConversationStore) -> PersonaCatalog:
-    """Built-ins, then the persona folder, then user-made ones; later names override."""
+    """Built-ins, then the persona folder, then user-made ones; later names override.
+
+    User-made personas of a community (a Discord server, a Telegram chat) are kept in its
+    scope; private (adapter) personas are usable where the operator granted them.
+    """
     shipped = [*load_builtin_personas(), *load_persona_dir(settings.resolved_persona_dir)]
-    stored: list[Persona] = []
-    for name, definition in await store.list_personas():
+    stored: list[tuple[str, Persona]] = []
+    for scope, name, definition in await store.list_personas():
         try:
-            stored.append(Persona.from_json(definition))
+            stored.append((scope, Persona.from_json(definition)))
         except (ValueError, PersonabotError) as exc:
             log.error("Skipping stored persona %r: its definition is invalid (%s).", name, exc)
     # User-made personas are kept apart so deleting one brings back what it overrode.
-    catalog = PersonaCatalog(shipped, user=stored)
+    catalog = PersonaCatalog(shipped, user=[p for scope, p in stored if scope == GLOBAL])
+    for scope, persona in stored:
+        if scope != GLOBAL:
+            catalog.add(persona, scope)
+    for name, scope in await store.persona_grants():
+        catalog.grant(name, scope)
     if settings.default_persona not in catalog:
         raise ConfigError(
             f"PERSONABOT_DEFAULT_PERSONA={settings.default_persona!r} is not a persona. "

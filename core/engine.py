@@ -26,7 +26,7 @@ from core.generation.profiles import prompt_budget
 from core.mood import MoodDetector
 from core.observability import Metrics, log_event
 from core.ordering import TurnQueue
-from core.personas import Persona, PersonaCatalog
+from core.personas import GLOBAL, Persona, PersonaCatalog
 from core.prompting import Prompt, PromptBuilder
 from core.settings import Settings
 from core.storage import ConversationState, ConversationStore, Database
@@ -257,7 +257,7 @@ class Engine:
             arrival.finish()
             if await turn.wait():  # the persona or length may have changed meanwhile
                 state = await self._state(conversation)
-            persona = self._persona_of(state)
+            persona = self._persona_of(state, conversation.scope)
             if first_in_line:
                 history = self._prompt_history(earlier)
                 prompt = self._build_prompt(state, persona, mood, history, user_message)
@@ -307,7 +307,7 @@ class Engine:
                     f"Only {question.author_name} or an admin can ask me to write my last "
                     "reply again."
                 )
-            persona = self._persona_of(state)
+            persona = self._persona_of(state, conversation.scope)
             # The question's own thread (it, and the old reply) is not history.
             stored = await self._store.history(
                 state.id, limit=self._settings.history_messages + 2, up_to_id=question.id
@@ -453,7 +453,7 @@ class Engine:
         state = await self._state(conversation)
         earlier = await self._earlier_messages(state)
         mood = await self._detect(text, _last_text(earlier))
-        persona = self._persona_of(state)
+        persona = self._persona_of(state, conversation.scope)
         draft = StoredMessage(
             id=0,
             role="user",
@@ -576,17 +576,21 @@ class Engine:
 
     # -- personas and settings per conversation ----------------------------------------------
 
-    def personas(self) -> list[Persona]:
-        return self._personas.all()
+    def personas(self, conversation: ConversationRef | None = None) -> list[Persona]:
+        """The personas usable in ``conversation``: the global ones, its community's own
+        and private ones granted to it; without one, every global persona (the operator's
+        view)."""
+        return self._personas.all(_scope(conversation))
 
-    def persona_named(self, name: str) -> Persona:
-        return self._personas.get(name)
+    def persona_named(self, name: str, conversation: ConversationRef | None = None) -> Persona:
+        return self._personas.get(name, _scope(conversation))
 
     async def persona(self, conversation: ConversationRef) -> Persona:
-        return self._persona_of(await self._state(conversation))
+        return self._persona_of(await self._state(conversation), conversation.scope)
 
     async def set_persona(self, conversation: ConversationRef, name: str) -> Persona:
-        persona = self._personas.get(name)  # raises UnknownPersonaError listing valid names
+        # Raises UnknownPersonaError listing the names usable here.
+        persona = self._personas.get(name, conversation.scope)
         await self._store.set_persona(
             conversation, persona.name, default_persona=self._settings.default_persona
         )
@@ -604,32 +608,56 @@ class Engine:
     async def length(self, conversation: ConversationRef) -> LengthPreset:
         return (await self._state(conversation)).length
 
-    async def create_persona(self, persona: Persona, created_by: str | None = None) -> None:
-        """Store a user-made persona so it survives restarts, and serve it at once.
+    async def create_persona(
+        self,
+        persona: Persona,
+        created_by: str | None = None,
+        *,
+        conversation: ConversationRef | None = None,
+    ) -> None:
+        """Store a user-made persona in ``conversation``'s community, and serve it at once.
 
-        At most PERSONABOT_MAX_USER_PERSONAS of them: every one is listed, suggested and
-        kept in memory in every server, so creating them must not be a way to flood the bot.
+        It is listed and usable only there (without a conversation: everywhere, the
+        operator's). Its name may not hide a global persona's. At most
+        PERSONABOT_MAX_USER_PERSONAS per community: each is listed, suggested and kept in
+        memory, so creating them must not be a way to flood the bot.
         """
+        scope = _scope(conversation)
+        if scope != GLOBAL and self._personas.is_global_name(persona.name):
+            raise InputError(
+                f"{persona.name!r} is the name of a persona every community has; pick another name."
+            )
         limit = self._settings.max_user_personas
-        made = [n for n in self._personas.names() if self._personas.is_user_defined(n)]
+        if scope == GLOBAL:
+            made = [n for n in self._personas.names() if self._personas.is_user_defined(n)]
+        else:
+            made = [p.name for p in self._personas.scoped(scope)]
         if persona.name not in made and len(made) >= limit:
             raise InputError(
-                f"There are already {len(made)} user-made personas, the most allowed "
+                f"There are already {len(made)} personas made here, the most allowed "
                 f"(PERSONABOT_MAX_USER_PERSONAS={limit}). Delete one first."
             )
-        await self._store.save_persona(persona.name, persona.to_json(), created_by)
-        self._personas.add(persona)
+        await self._store.save_persona(persona.name, persona.to_json(), created_by, scope)
+        self._personas.add(persona, scope)
 
-    async def delete_persona(self, name: str) -> bool:
-        """Delete a user-made persona; built-in and folder personas cannot be deleted."""
-        persona = self._personas.get(name)
-        if not self._personas.is_user_defined(persona.name):
+    async def delete_persona(self, name: str, conversation: ConversationRef | None = None) -> bool:
+        """Delete a persona made in ``conversation``'s community (without a conversation: a
+        global user-made one); built-in and folder personas, and another community's,
+        cannot be deleted from here."""
+        scope = _scope(conversation)
+        persona = self._personas.get(name, scope)
+        if self._personas.scope_of(persona.name, scope) != scope:
+            raise InputError(
+                f"{persona.name!r} was not made here with /persona create, so it cannot be "
+                "deleted here."
+            )
+        if not self._personas.is_user_defined(persona.name, scope):
             raise InputError(
                 f"{persona.name!r} is not a user-made persona, so it cannot be deleted."
             )
-        removed = await self._store.delete_persona(persona.name)
+        removed = await self._store.delete_persona(persona.name, scope)
         if removed:
-            self._personas.remove(persona.name)
+            self._personas.remove(persona.name, scope)
         return removed
 
     async def detect_mood(self, text: str) -> MoodResult:
@@ -653,11 +681,11 @@ class Engine:
             conversation, default_persona=self._settings.default_persona
         )
 
-    def _persona_of(self, state: ConversationState) -> Persona:
-        if state.persona in self._personas:
-            return self._personas.get(state.persona)
+    def _persona_of(self, state: ConversationState, scope: str) -> Persona:
+        if self._personas.scope_of(state.persona, scope) is not None:
+            return self._personas.get(state.persona, scope)
         log.warning(
-            "Conversation %s uses persona %r, which no longer exists; using %r.",
+            "Conversation %s uses persona %r, which no longer exists here; using %r.",
             state.ref.key(),
             state.persona,
             self._settings.default_persona,
@@ -814,6 +842,10 @@ def _reply(
 async def _refused(error: Exception) -> Reply:
     """A reply that fails at once, measured like any other."""
     raise error
+
+
+def _scope(conversation: ConversationRef | None) -> str:
+    return GLOBAL if conversation is None else conversation.scope
 
 
 def _last_exchange(

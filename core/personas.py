@@ -354,22 +354,31 @@ def _key(name: str) -> str:
     return name.strip().lower()
 
 
-class PersonaCatalog:
-    """The personas available to conversations, looked up by name.
+#: The scope of personas everyone may use: the built-ins, the operator's, and published ones.
+GLOBAL = ""
 
-    Two layers, each resolved by name:
+
+class PersonaCatalog:
+    """The personas available to conversations, looked up by name within a scope.
+
+    Layers, each resolved by name:
 
     * ``personas`` (the base layer), in precedence order, lowest first: built-ins, then the
       operator's folder. A later persona with the same name replaces an earlier one, so an
       operator can redefine ``pirate`` by dropping a ``pirate.toml`` in the folder.
-    * ``user``: personas users created (stored in the database), plus every :meth:`add`.
+    * ``user``: personas stored in the database without a scope (the operator's, published
+      ones, and those made before personas had scopes), plus every :meth:`add` without one.
       A user persona wins over a base persona of the same name.
+    * scoped personas: made in one community (a Discord server, a Telegram chat) and seen
+      only there. Their names may not hide a global persona's.
+
+    Personas with their own LoRA adapter (trained on someone's chat export) are private:
+    visible in a scope only where the operator granted them (:meth:`grant`). The global
+    view (``scope=GLOBAL``, the operator's) sees everything global.
 
     Keeping users' personas in their own layer is what makes deletion right: when a user
     deletes their own ``pirate``, :meth:`remove` drops it and the base ``pirate`` is served
-    again, instead of the name vanishing until a restart. Passing stored personas in
-    ``personas`` instead still works (they override by order) but then :meth:`remove`
-    deletes the name outright.
+    again, instead of the name vanishing until a restart.
 
     Lookups ignore case and surrounding whitespace, because names arrive from chat commands
     typed by people.
@@ -378,47 +387,99 @@ class PersonaCatalog:
     def __init__(self, personas: Iterable[Persona] = (), *, user: Iterable[Persona] = ()) -> None:
         self._base: dict[str, Persona] = {persona.name: persona for persona in personas}
         self._user: dict[str, Persona] = {persona.name: persona for persona in user}
+        self._scoped: dict[str, dict[str, Persona]] = {}
+        self._grants: dict[str, set[str]] = {}
 
-    def get(self, name: str) -> Persona:
-        """The persona called ``name``; raises :class:`UnknownPersonaError` listing names."""
-        key = _key(name)
-        persona = self._user.get(key) or self._base.get(key)
+    def get(self, name: str, scope: str = GLOBAL) -> Persona:
+        """The persona called ``name`` as ``scope`` sees it; raises
+        :class:`UnknownPersonaError` listing the names visible there."""
+        persona = self._find(_key(name), scope)
         if persona is None:
-            raise UnknownPersonaError(name, self.names())
+            raise UnknownPersonaError(name, self.names(scope))
         return persona
 
-    def names(self) -> list[str]:
-        """All persona names, sorted."""
-        return sorted(self._base.keys() | self._user.keys())
+    def _find(self, key: str, scope: str) -> Persona | None:
+        own = self._scoped.get(scope, {}).get(key) if scope != GLOBAL else None
+        if own is not None:
+            return own
+        shared = self._user.get(key) or self._base.get(key)
+        if shared is None or not self._usable(shared, scope):
+            return None
+        return shared
 
-    def all(self) -> list[Persona]:
-        """All personas (the winning definition per name), sorted by name."""
-        return [self.get(name) for name in self.names()]
+    def _usable(self, persona: Persona, scope: str) -> bool:
+        """A global persona is usable everywhere, unless it is private (has an adapter)."""
+        if scope == GLOBAL or persona.adapter is None:
+            return True
+        return scope in self._grants.get(persona.name, set())
 
-    def add(self, persona: Persona) -> None:
-        """Add a user persona, replacing any persona with the same name."""
-        self._user[persona.name] = persona
+    def names(self, scope: str = GLOBAL) -> list[str]:
+        """The persona names visible in ``scope``, sorted."""
+        keys = self._base.keys() | self._user.keys() | self._scoped.get(scope, {}).keys()
+        return sorted(key for key in keys if self._find(key, scope) is not None)
 
-    def remove(self, name: str) -> bool:
-        """Remove the winning definition of ``name``; False if there was none.
+    def all(self, scope: str = GLOBAL) -> list[Persona]:
+        """The personas visible in ``scope`` (the winning definition per name), by name."""
+        return [self.get(name, scope) for name in self.names(scope)]
 
-        Removing a user persona reveals the base persona it overrode, if any, so ``name``
-        may still be in the catalog afterwards.
+    def scope_of(self, name: str, scope: str) -> str | None:
+        """Where ``name`` as ``scope`` sees it was made: ``scope``, GLOBAL, or None."""
+        key = _key(name)
+        if scope != GLOBAL and key in self._scoped.get(scope, {}):
+            return scope
+        return GLOBAL if self._find(key, scope) is not None else None
+
+    def scoped(self, scope: str) -> list[Persona]:
+        """The personas made in ``scope`` itself, by name."""
+        return sorted(self._scoped.get(scope, {}).values(), key=lambda p: p.name)
+
+    def scopes(self) -> list[str]:
+        """Every scope that has personas of its own, sorted."""
+        return sorted(scope for scope, personas in self._scoped.items() if personas)
+
+    def is_global_name(self, name: str) -> bool:
+        """Whether a global persona (private ones included) has this name."""
+        key = _key(name)
+        return key in self._user or key in self._base
+
+    def add(self, persona: Persona, scope: str = GLOBAL) -> None:
+        """Add a user persona to ``scope``, replacing one with the same name there."""
+        if scope == GLOBAL:
+            self._user[persona.name] = persona
+        else:
+            self._scoped.setdefault(scope, {})[persona.name] = persona
+
+    def remove(self, name: str, scope: str = GLOBAL) -> bool:
+        """Remove ``scope``'s own definition of ``name``; False if there was none.
+
+        Removing a global user persona reveals the base persona it overrode, if any, so
+        ``name`` may still be in the catalog afterwards.
         """
         key = _key(name)
+        if scope != GLOBAL:
+            return self._scoped.get(scope, {}).pop(key, None) is not None
         if self._user.pop(key, None) is not None:
             return True
         return self._base.pop(key, None) is not None
 
-    def is_user_defined(self, name: str) -> bool:
-        """Whether ``name`` currently resolves to a user persona (one :meth:`remove` undoes)."""
-        return _key(name) in self._user
+    def grant(self, name: str, scope: str) -> None:
+        """Let ``scope`` use the private (adapter) persona ``name``."""
+        self._grants.setdefault(_key(name), set()).add(scope)
+
+    def grants(self, name: str) -> list[str]:
+        return sorted(self._grants.get(_key(name), set()))
+
+    def is_user_defined(self, name: str, scope: str = GLOBAL) -> bool:
+        """Whether ``name`` resolves in ``scope`` to a stored persona :meth:`remove` undoes."""
+        key = _key(name)
+        if scope != GLOBAL:
+            return key in self._scoped.get(scope, {})
+        return key in self._user
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = _key(name)
-        return key in self._user or key in self._base
+        return self._find(_key(name), GLOBAL) is not None
 
     def __len__(self) -> int:
         return len(self.names())

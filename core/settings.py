@@ -310,9 +310,16 @@ class Settings(BaseSettings):
         description="Secret Telegram sends with every webhook request (1-256 of A-Z, a-z, "
         "0-9, _ and -); default: a random one per start.",
     )
-    telegram_admin_only: bool = Field(
+    admin_only: bool = Field(
         default=True,
-        description="In groups, only chat admins may /reset or change the persona.",
+        description="In Discord servers and Telegram groups, only admins may change the "
+        "conversation (persona, reply length, answer mode, /reset, making and deleting "
+        "personas); false lets everyone. In private chats the user always decides.",
+    )
+    telegram_admin_only: bool | None = Field(
+        default=None,
+        description="Telegram's own PERSONABOT_ADMIN_ONLY, overriding it there (the older "
+        "name, still accepted).",
     )
     user_cooldown_seconds: float = Field(
         default=2.0,
@@ -382,6 +389,11 @@ class Settings(BaseSettings):
             "telegram": self.telegram_chat_cooldown_seconds,
         }[platform]
         return self.conversation_cooldown_seconds if override is None else override
+
+    def admins_only(self, platform: Literal["discord", "telegram"]) -> bool:
+        """Whether only admins may change a group conversation on ``platform``."""
+        override = self.telegram_admin_only if platform == "telegram" else None
+        return self.admin_only if override is None else override
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -78,6 +78,10 @@ class ConversationRef:
 
     platform: str
     channel_id: str
+    scope: str = field(default="", compare=False)
+    """The community the conversation belongs to (``discord:server:<id>``,
+    ``telegram:chat:<id>``...), whose own personas it sees; empty for the operator's own
+    (the terminal). Not part of the conversation's identity: a channel is always in one."""
 
     def key(self) -> str:
         return f"{self.platform}:{self.channel_id}"

@@ -9,7 +9,10 @@ Tests inject updates (messages, button taps) and failures (429 with ``retry_afte
 Like Telegram, it refuses what Telegram refuses: HTML with unescaped ``<``/``&`` or badly
 nested tags, MarkdownV2 with unescaped reserved characters, messages over 4,096 UTF-16
 units after entity parsing, empty texts, and callback data over 64 bytes. A sent message is
-stored with its visible text (markup removed), which is what a user would read.
+stored with its visible text (markup removed), which is what a user would read, and with
+the entities Telegram would give it: those of its markup (``<a href="tg://user?id=...">`` is
+a ``text_mention``) plus the ``@username`` mentions Telegram's server finds in the text by
+itself, outside code and links, exactly as it would notify those users.
 """
 
 from __future__ import annotations
@@ -113,6 +116,8 @@ class FakeBotAPI:
     token: str = TOKEN
     calls: list[Call] = field(default_factory=list)
     sent: list[JSON] = field(default_factory=list)
+    edits: list[JSON] = field(default_factory=list)
+    drafts: list[JSON] = field(default_factory=list)
     members: dict[tuple[int, int], str] = field(default_factory=dict)
     port: int = 0
     _updates: list[JSON] = field(default_factory=list)
@@ -387,7 +392,7 @@ class FakeBotAPI:
 
     async def _api_sendMessage(self, params: JSON) -> JSON:
         chat_id = int(params["chat_id"])
-        visible, entities = _parse_text(params.get("text", ""), params.get("parse_mode"))
+        visible, entities = parse_text(params.get("text", ""), params.get("parse_mode"))
         markup = params.get("reply_markup")
         _check_markup(markup)
         chat = self._chats.get(chat_id, {"id": chat_id, "type": "private", "first_name": "X"})
@@ -422,15 +427,39 @@ class FakeBotAPI:
             raise BotAPIError(400, "Bad Request: drafts can be sent to private chats only")
         if not int(params.get("draft_id", 0)):
             raise BotAPIError(400, "Bad Request: draft_id must be non-zero")
-        _parse_text(params.get("text", ""), params.get("parse_mode"))
+        visible, entities = parse_text(params.get("text", ""), params.get("parse_mode"))
+        self.drafts.append(
+            {
+                "chat_id": int(params["chat_id"]),
+                "draft_id": int(params["draft_id"]),
+                "text": visible,
+                "entities": entities,
+                "raw_text": params.get("text"),
+                "parse_mode": params.get("parse_mode"),
+            }
+        )
         return True
+
+    async def _api_editMessageReplyMarkup(self, params: JSON) -> JSON:
+        key = (int(params["chat_id"]), int(params["message_id"]))
+        original = self._messages.get(key)
+        if original is None:
+            raise BotAPIError(400, "Bad Request: message to edit not found")
+        markup = params.get("reply_markup")
+        _check_markup(markup)
+        edited = {**original, "edit_date": int(time.time())}
+        edited.pop("reply_markup", None)
+        if markup:
+            edited["reply_markup"] = markup
+        self._messages[key] = edited
+        return edited
 
     async def _api_editMessageText(self, params: JSON) -> JSON:
         key = (int(params["chat_id"]), int(params["message_id"]))
         original = self._messages.get(key)
         if original is None:
             raise BotAPIError(400, "Bad Request: message to edit not found")
-        visible, entities = _parse_text(params.get("text", ""), params.get("parse_mode"))
+        visible, entities = parse_text(params.get("text", ""), params.get("parse_mode"))
         markup = params.get("reply_markup")
         _check_markup(markup)
         edited = {**original, "text": visible, "edit_date": int(time.time())}
@@ -441,6 +470,9 @@ class FakeBotAPI:
         if markup:
             edited["reply_markup"] = markup
         self._messages[key] = edited
+        self.edits.append(
+            {**edited, "raw_text": params.get("text"), "parse_mode": params.get("parse_mode")}
+        )
         return edited
 
 
@@ -468,18 +500,40 @@ def _utf16(text: str) -> int:
 
 
 def _entities_of(text: str) -> list[JSON]:
-    """The entities Telegram's clients attach: a leading /command and @mentions."""
+    """The entities a user's message arrives with: a leading /command and @mentions."""
     entities: list[JSON] = []
     command = re.match(r"/[A-Za-z0-9_]+(@[A-Za-z0-9_]+)?", text)
     if command:
         entities.append({"type": "bot_command", "offset": 0, "length": _utf16(command.group())})
-    for mention in re.finditer(r"(?<![\w/])@[A-Za-z0-9_]{5,32}", text):
-        offset = _utf16(text[: mention.start()])
-        entities.append({"type": "mention", "offset": offset, "length": _utf16(mention.group())})
+    return entities + mentions_in(text)
+
+
+#: Names under four characters that Telegram still links (tdlib's get_valid_short_usernames).
+_SHORT_USERNAMES = {"gif", "vid", "pic"}
+#: Entities that nothing found in the text may overlap (tdlib's "continuous" entities): a
+#: mention in code or in a link is not made.
+_UNBROKEN = {"code", "pre", "text_link", "text_mention", "custom_emoji"}
+
+
+def mentions_in(text: str) -> list[JSON]:
+    """The ``mention`` entities Telegram's server finds in ``text`` (tdlib's find_mentions):
+    an ``@`` that no letter, digit or ``_`` precedes, then 2-32 of ``[A-Za-z0-9_]`` that none
+    of those follows; 4 or more of them, or a short name Telegram knows (``@gif``)."""
+    entities: list[JSON] = []
+    for match in re.finditer(r"(?<!\w)@([A-Za-z0-9_]+)", text):
+        name, end = match.group(1), match.end()
+        if not 2 <= len(name) <= 32 or (end < len(text) and re.match(r"\w", text[end])):
+            continue
+        if len(name) < 4 and name.lower() not in _SHORT_USERNAMES:
+            continue
+        offset = _utf16(text[: match.start()])
+        entities.append({"type": "mention", "offset": offset, "length": _utf16(match.group())})
     return entities
 
 
-def _parse_text(text: str, parse_mode: str | None) -> tuple[str, list[JSON]]:
+def parse_text(text: str, parse_mode: str | None) -> tuple[str, list[JSON]]:
+    """A sent text as Telegram shows it: the visible text and all its entities, the ones
+    Telegram finds by itself included; raises Telegram's error for what it refuses."""
     entities: list[JSON] = []
     if parse_mode is None or parse_mode == "":
         visible = text
@@ -493,6 +547,12 @@ def _parse_text(text: str, parse_mode: str | None) -> tuple[str, list[JSON]]:
         raise BotAPIError(400, "Bad Request: message text is empty")
     if _utf16(visible) > 4096:
         raise BotAPIError(400, "Bad Request: message is too long")
+    # Like Telegram, add what it finds in the text by itself, unless it overlaps code or links.
+    unbroken = [e for e in entities if e["type"] in _UNBROKEN]
+    for found in mentions_in(visible):
+        start, end = found["offset"], found["offset"] + found["length"]
+        if not any(e["offset"] < end and start < e["offset"] + e["length"] for e in unbroken):
+            entities.append(found)
     return visible, entities
 
 
@@ -503,7 +563,7 @@ def _cant_parse(why: str) -> BotAPIError:
 def parse_html(text: str) -> tuple[str, list[JSON]]:
     visible: list[str] = []
     length = 0  # in UTF-16 units, as entity offsets are
-    stack: list[tuple[str, int]] = []
+    stack: list[tuple[str, int, str]] = []
     entities: list[JSON] = []
     position = 0
     while position < len(text):
@@ -518,12 +578,15 @@ def parse_html(text: str) -> tuple[str, list[JSON]]:
             if closing:
                 if not stack or stack[-1][0] != name:
                     raise _cant_parse(f'unmatched end tag "{name}" at byte offset {position}')
-                _, start = stack.pop()
+                _, start, attributes = stack.pop()
                 if length > start:
                     kind = _HTML_TAGS[name]
-                    entities.append({"type": kind, "offset": start, "length": length - start})
+                    made: JSON = {"type": kind, "offset": start, "length": length - start}
+                    if name == "a":
+                        made.update(_link(attributes))
+                    entities.append(made)
             else:
-                stack.append((name, length))
+                stack.append((name, length, tag.group(3)))
             position = tag.end()
         elif char == "&":
             entity = _ENTITY.match(text, position)
@@ -542,6 +605,17 @@ def parse_html(text: str) -> tuple[str, list[JSON]]:
     if stack:
         raise _cant_parse(f'can\'t find end tag corresponding to start tag "{stack[-1][0]}"')
     return "".join(visible), entities
+
+
+def _link(attributes: str) -> JSON:
+    """What an ``<a>`` tag is: ``tg://user?id=N`` mentions user N by id (a ``text_mention``,
+    which notifies them), any other ``href`` is a ``text_link``."""
+    href = re.search(r'href="([^"]*)"', attributes)
+    url = html.unescape(href.group(1)) if href else ""
+    user = re.fullmatch(r"tg://user\?id=(\d+)", url)
+    if user:
+        return {"type": "text_mention", "user": FakeBotAPI.user(int(user.group(1)), "Someone")}
+    return {"url": url}
 
 
 def _parse_markdown_v2(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from core.storage import ConversationStore, Database, sqlite_url
 
 COMMANDS = [
     [],
@@ -23,9 +26,8 @@ COMMANDS = [
 ]
 
 
-def personabot(
-    args: list[str], tmp_path: Path, model_cache_dir: Path, stdin: str = "", **env: str
-) -> subprocess.CompletedProcess[str]:
+def personabot_env(tmp_path: Path, model_cache_dir: Path, **env: str) -> dict[str, str]:
+    """The environment a test's personabot runs in: this test's data, nothing inherited."""
     environment = {
         k: v
         for k, v in os.environ.items()
@@ -38,10 +40,16 @@ def personabot(
         PERSONABOT_SEED="42",
     )
     environment.update(env)
+    return environment
+
+
+def personabot(
+    args: list[str], tmp_path: Path, model_cache_dir: Path, stdin: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bots", *args],
         input=stdin,
-        env=environment,
+        env=personabot_env(tmp_path, model_cache_dir, **env),
         capture_output=True,
         text=True,
         timeout=600,
@@ -132,6 +140,26 @@ def test_bad_configuration_exits_2_with_a_clear_message(
     assert "Traceback" not in done.stderr
 
 
+def test_config_masks_the_database_password(tmp_path: Path, model_cache_dir: Path) -> None:
+    """`config` output ends up in bug reports and chat threads; --help promises secrets are
+    masked, and the database URL (a plain string, not a SecretStr) once printed its password
+    twice, as database_url and on the `# database:` line."""
+    password = "s3cr3t-pw"
+    done = personabot(
+        ["config"],
+        tmp_path,
+        model_cache_dir,
+        PERSONABOT_DATABASE_URL=f"postgresql+asyncpg://bob:{password}@db.example:5432/bot",
+    )
+    assert done.returncode == 0, done.stderr
+    assert password not in done.stdout and password not in done.stderr
+    lines = done.stdout.splitlines()
+    shown = [line for line in lines if line.startswith(("database_url =", "# database:"))]
+    assert len(shown) == 2, done.stdout
+    for line in shown:
+        assert "bob:***@db.example:5432/bot" in line
+
+
 def test_db_commands_upgrade_and_downgrade(tmp_path: Path, model_cache_dir: Path) -> None:
     up = personabot(["db", "upgrade"], tmp_path, model_cache_dir)
     assert up.returncode == 0, up.stderr
@@ -159,3 +187,47 @@ def test_personas_lists_stored_personas_too(tmp_path: Path, model_cache_dir: Pat
     names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
     assert "myvoice" in names and "friend" in names
     assert "My own voice." in listed.stdout
+
+
+def test_private_personas_are_granted_and_community_ones_published(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    shipped = Path(__file__).resolve().parents[1] / "core/adapters/smollm2-135m-dailydialog"
+    added = personabot(
+        ["persona", "add-adapter", "myvoice", str(shipped)], tmp_path, model_cache_dir
+    )
+    assert added.returncode == 0, added.stderr
+    assert "It is private" in added.stdout
+    nowhere = personabot(["persona", "grant", "myvoice"], tmp_path, model_cache_dir)
+    assert nowhere.returncode == 2 and "--telegram-chat" in nowhere.stderr
+    granted = personabot(
+        ["persona", "grant", "myvoice", "--telegram-chat", "42", "--discord-server", "7"],
+        tmp_path,
+        model_cache_dir,
+    )
+    assert granted.returncode == 0, granted.stderr
+    listed = personabot(["persona", "list"], tmp_path, model_cache_dir)
+    line = next(x for x in listed.stdout.splitlines() if x.startswith("myvoice"))
+    assert "private; granted to: discord:server:7, telegram:chat:42" in line
+    unknown = personabot(
+        ["persona", "grant", "nobody", "--telegram-chat", "1"], tmp_path, model_cache_dir
+    )
+    assert unknown.returncode == 1 and "no stored persona" in unknown.stderr
+
+    async def made_in_a_group() -> None:
+        database = await Database.open(sqlite_url(tmp_path / "data" / "personabot.db"))
+        chef = '{"name": "chef", "system_prompt": "You cook."}'
+        await ConversationStore(database).save_persona("chef", chef, "t:1", "telegram:chat:-5")
+        await database.close()
+
+    asyncio.run(made_in_a_group())
+    scoped = personabot(["persona", "list", "--scope", "all"], tmp_path, model_cache_dir)
+    assert scoped.stdout.split()[:2] == ["telegram:chat:-5", "chef"]
+    missing = personabot(["persona", "publish", "chef", "--scope", "x"], tmp_path, model_cache_dir)
+    assert missing.returncode == 1
+    published = personabot(
+        ["persona", "publish", "chef", "--scope", "telegram:chat:-5"], tmp_path, model_cache_dir
+    )
+    assert published.returncode == 0, published.stderr
+    everyone = personabot(["persona", "list"], tmp_path, model_cache_dir)
+    assert any(x.startswith("chef") for x in everyone.stdout.splitlines())

@@ -278,11 +278,17 @@ async def test_persona_set_with_autocomplete_then_the_reply_uses_the_new_persona
     assert listing["flags"] & EPHEMERAL
     assert "▶ **friend**" in listing["content"] and "• **pirate**" in listing["content"]
 
-    unknown = await fake.answer(await fake.slash(bob(fake), GENERAL, "persona", "set", name="x"))
+    # Switching is for members with Manage Server (PERSONABOT_ADMIN_ONLY); Bob may not.
+    refused = await fake.answer(
+        await fake.slash(bob(fake), GENERAL, "persona", "set", name="pirate")
+    )
+    assert refused["flags"] & EPHEMERAL and "Manage Server" in refused["content"]
+    assert (await engine.persona(here(GENERAL))).name == "friend"
+    unknown = await fake.answer(await fake.slash(alice(fake), GENERAL, "persona", "set", name="x"))
     assert unknown["flags"] & EPHEMERAL and "Unknown persona 'x'" in unknown["content"]
 
     chosen = await fake.answer(
-        await fake.slash(bob(fake), GENERAL, "persona", "set", name="pirate")
+        await fake.slash(alice(fake), GENERAL, "persona", "set", name="pirate")
     )
     assert chosen["content"].startswith("Persona set to Pirate (pirate)")
     assert not chosen["flags"] & EPHEMERAL
@@ -374,7 +380,9 @@ async def test_a_member_cannot_create_or_delete_personas_and_an_admin_can(
     )
     created = await fake.answer(submitted)
     assert created["content"].startswith("Created the persona Chef (chef).")
-    assert engine.persona_named("chef").description == "A passionate chef."
+    assert engine.persona_named("chef", here(GENERAL)).description == "A passionate chef."
+    # It is this server's: a DM with the bot neither lists nor can use it.
+    assert "chef" not in {p.name for p in engine.personas(here(1, dm_with=BOB_ID))}
 
     again = await fake.slash(alice(fake), GENERAL, "persona", "create")
     await fake.wait_for(lambda: again.responses)
@@ -400,7 +408,7 @@ async def test_a_member_cannot_create_or_delete_personas_and_an_admin_can(
         await fake.slash(alice(fake), GENERAL, "persona", "delete", name="chef")
     )
     assert deleted["content"] == "Deleted the persona chef."
-    assert "chef" not in {p.name for p in engine.personas()}
+    assert "chef" not in {p.name for p in engine.personas(here(GENERAL))}
 
 
 async def test_retry_edits_the_last_reply_in_place_or_sends_a_new_one(
@@ -765,3 +773,29 @@ async def test_personabot_run_serves_discord_until_sigterm(
     assert "Starting Discord." in log and "Starting terminal." not in log
     assert f"Discord: online as {BOT_NAME} in 1 server(s) (global commands)." in log
     assert "Traceback" not in log and "PyNaCl" not in log
+
+
+async def test_changing_a_channel_is_for_admins_unless_admin_only_is_off(
+    start_discord: StartBot, fake: FakeDiscord
+) -> None:
+    strict = (await start_discord()).engine
+    refused = await fake.answer(await fake.slash(bob(fake), GENERAL, "length", preset="long"))
+    assert refused["flags"] & EPHEMERAL and "Manage Server" in refused["content"]
+    assert (await strict.length(here(GENERAL))).value == "medium"
+    in_dm = await fake.answer(
+        await fake.slash(bob(fake), fake.dm_channel(bob(fake)), "length", preset="long")
+    )
+    assert in_dm["content"] == "Reply length set to long."  # in a DM the user decides
+
+
+async def test_admin_only_off_lets_every_member_change_the_channel(
+    start_discord: StartBot, fake: FakeDiscord
+) -> None:
+    engine = (await start_discord(admin_only=False)).engine
+    length = await fake.answer(await fake.slash(bob(fake), GENERAL, "length", preset="long"))
+    assert length["content"] == "Reply length set to long."
+    persona = await fake.answer(
+        await fake.slash(bob(fake), GENERAL, "persona", "set", name="pirate")
+    )
+    assert persona["content"].startswith("Persona set to Pirate")
+    assert (await engine.persona(here(GENERAL))).name == "pirate"

@@ -26,7 +26,7 @@ from core.storage.database import make_engine
 from core.storage.models import Base
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-APP_TABLES = {"conversations", "messages", "personas"}
+APP_TABLES = {"conversations", "messages", "personas", "persona_grants"}
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -82,7 +82,11 @@ async def test_constraints_carry_the_naming_convention(engine: AsyncEngine) -> N
     async with engine.connect() as conn:
         found = await conn.run_sync(names)
     assert found == {
-        "uq": {"uq_conversations_platform_channel_id", "uq_personas_name"},
+        "uq": {
+            "uq_conversations_platform_channel_id",
+            "uq_personas_scope_name",
+            "uq_persona_grants_persona_scope",
+        },
         "fk": {
             "fk_messages_conversation_id_conversations",
             "fk_messages_reply_to_id_messages",
@@ -252,3 +256,29 @@ def test_migrations_are_found_without_the_repository_as_working_directory(
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+async def test_personas_made_before_scopes_stay_global(engine: AsyncEngine) -> None:
+    """0004 cannot tell where an old persona was made (only who made it): it stays global,
+    and a downgrade refuses while two scopes share a name the old schema cannot hold."""
+    await migrate.upgrade(engine, "0003")
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO personas (name, definition, created_by) VALUES ('chef', '{}', 'u')")
+        )
+    await migrate.upgrade(engine)
+    async with engine.begin() as conn:
+        rows = (await conn.execute(text("SELECT scope, name FROM personas"))).all()
+        assert [tuple(row) for row in rows] == [("", "chef")]
+        await conn.execute(
+            text(
+                "INSERT INTO personas (scope, name, definition) "
+                "VALUES ('telegram:chat:1', 'chef', '{}')"
+            )
+        )
+    with pytest.raises(Exception, match="several scopes"):
+        await migrate.downgrade(engine, "0003")
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM personas WHERE scope <> ''"))
+    await migrate.downgrade(engine, "0003")
+    assert await migrate.current_revision(engine) == "0003"

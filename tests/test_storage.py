@@ -164,7 +164,7 @@ async def test_data_survives_closing_and_reopening(database_url: str) -> None:
         again = await store.get_or_create(REF, default_persona="friend")
         assert again == ConversationState(state.id, REF, "pirate", LengthPreset.SHORT)
         assert await store.history(state.id, limit=10) == [sent]
-        assert await store.list_personas() == [("captain", '{"name": "captain"}')]
+        assert await store.list_personas() == [("", "captain", '{"name": "captain"}')]
     finally:
         await database.close()
 
@@ -382,14 +382,32 @@ async def test_personas_save_list_update_delete(store: ConversationStore) -> Non
     await store.save_persona("amy", '{"v": 1}', None)
     await store.save_persona("zed", '{"v": 2}', "u2")
 
-    assert await store.list_personas() == [("amy", '{"v": 1}'), ("zed", '{"v": 2}')]
+    assert await store.list_personas() == [("", "amy", '{"v": 1}'), ("", "zed", '{"v": 2}')]
     assert await store.delete_persona("zed") is True
     assert await store.delete_persona("zed") is False
-    assert await store.list_personas() == [("amy", '{"v": 1}')]
+    assert await store.list_personas() == [("", "amy", '{"v": 1}')]
 
 
 async def test_concurrent_first_saves_of_a_persona_both_succeed(store: ConversationStore) -> None:
     await asyncio.gather(*(store.save_persona("twin", f'{{"v": {i}}}', None) for i in range(5)))
 
-    [(name, _definition)] = await store.list_personas()
+    [(_scope, name, _definition)] = await store.list_personas()
     assert name == "twin"
+
+
+async def test_personas_are_kept_per_scope_published_and_granted(
+    store: ConversationStore,
+) -> None:
+    await store.save_persona("chef", '{"v": "a"}', "discord:1", "discord:server:1")
+    await store.save_persona("chef", '{"v": "b"}', "telegram:2", "telegram:chat:2")
+    assert await store.list_personas() == [
+        ("discord:server:1", "chef", '{"v": "a"}'),
+        ("telegram:chat:2", "chef", '{"v": "b"}'),
+    ]
+    assert await store.delete_persona("chef", "telegram:chat:2") is True
+    assert await store.delete_persona("chef") is False  # no global one
+    assert await store.publish_persona("chef", "discord:server:1") is True
+    assert await store.list_personas() == [("", "chef", '{"v": "a"}')]
+    await store.grant_persona("sam", "telegram:chat:7")
+    await store.grant_persona("sam", "telegram:chat:7")  # twice is harmless
+    assert await store.persona_grants() == [("sam", "telegram:chat:7")]

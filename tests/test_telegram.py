@@ -25,12 +25,13 @@ from bots.conversation import texts
 from bots.conversation.commands import commands_on
 from bots.runner import plan_frontends
 from bots.telegram import run_telegram
-from bots.telegram.commands import COMMANDS
+from bots.telegram.commands import COMMANDS, PAGE_SIZE
 from bots.telegram.sending import send_text
 from core.bootstrap import build_engine
 from core.engine import Engine
 from core.errors import ConfigError
 from core.generation.transformers_backend import TransformersGenerator
+from core.personas import persona_from_mapping
 from core.settings import load_settings
 from core.types import ConversationRef
 from tests.conftest import REPO, SettingsFactory, SharedGenerator
@@ -710,7 +711,7 @@ async def test_personas_are_created_and_deleted_with_commands(
     api.send(chat, ALICE, "/persona create chef\nYou are a passionate chef.\nYou love basil.")
     (created,) = await answers(api, ALICE["id"], 1)
     assert created["text"] == ("Created the persona Chef (chef). Switch to it with /persona chef.")
-    chef = engine.persona_named("chef")
+    chef = engine.persona_named("chef", conversation(ALICE["id"]))
     assert chef.system_prompt == "You are a passionate chef.\nYou love basil."
     assert chef.description == "You are a passionate chef."
     api.send(chat, ALICE, "/persona create")
@@ -718,19 +719,24 @@ async def test_personas_are_created_and_deleted_with_commands(
     assert usage["text"].startswith("Write it as /persona create NAME INSTRUCTIONS")
 
     group = FakeBotAPI.group_chat(GROUP_ID)
+    here = conversation(GROUP_ID)
     api.members[(GROUP_ID, ALICE["id"])] = "administrator"
+    api.send(group, ALICE, "/persona create chef You cook for the whole group.")
+    (made,) = await answers(api, GROUP_ID, 1)  # the group's own chef, beside Alice's
+    assert made["text"].startswith("Created the persona Chef (chef).")
     api.send(group, BOB, "/persona delete chef")
     api.send(group, BOB, "/persona create spy You are a spy.")
-    refusals = await answers(api, GROUP_ID, 2)
+    refusals = (await answers(api, GROUP_ID, 3))[1:]
     assert {m["text"] for m in refusals} == {
         "Only admins can delete personas.",
         "Only admins can create personas.",
     }
-    assert "spy" not in {p.name for p in engine.personas()}
+    assert "spy" not in {p.name for p in engine.personas(here)}
     api.send(group, ALICE, "/persona delete chef")
-    (*_, deleted) = await answers(api, GROUP_ID, 3)
+    (*_, deleted) = await answers(api, GROUP_ID, 4)
     assert deleted["text"] == "Deleted the persona chef."
-    assert "chef" not in {p.name for p in engine.personas()}
+    assert "chef" not in {p.name for p in engine.personas(here)}
+    assert "chef" in {p.name for p in engine.personas(conversation(ALICE["id"]))}
 
 
 async def test_chat_always_answers_every_message_in_a_group(
@@ -799,3 +805,52 @@ async def test_a_storage_outage_shows_a_fixed_text_and_never_the_database(
                 assert secret not in message["text"]
     finally:
         await asyncio.to_thread(outage_server.start)
+
+
+OTHER_GROUP_ID = -1009999
+
+
+async def test_a_persona_made_in_a_group_is_that_groups_alone(
+    start_telegram: StartBot, api: FakeBotAPI
+) -> None:
+    engine = (await start_telegram()).engine
+    group, other = FakeBotAPI.group_chat(GROUP_ID), FakeBotAPI.group_chat(OTHER_GROUP_ID)
+    api.members[(GROUP_ID, ALICE["id"])] = "administrator"
+    api.members[(OTHER_GROUP_ID, BOB["id"])] = "administrator"
+    api.send(group, ALICE, "/persona create chef You are a passionate chef.")
+    (created,) = await answers(api, GROUP_ID, 1)
+    assert created["text"].startswith("Created the persona Chef (chef).")
+
+    async def ask(text: str, count: int) -> str:
+        api.send(other, BOB, text)
+        return str((await answers(api, OTHER_GROUP_ID, count))[-1]["text"])
+
+    assert "chef" not in await ask("/personas", 1)
+    assert (await ask("/persona chef", 2)).startswith("Unknown persona 'chef'")
+    assert (await ask("/persona delete chef", 3)).startswith("Unknown persona 'chef'")
+    assert "chef" in {p.name for p in engine.personas(conversation(GROUP_ID))}
+    # Another group's admin could not delete it; its own admin can.
+    api.send(group, ALICE, "/persona delete chef")
+    assert (await answers(api, GROUP_ID, 2))[-1]["text"] == "Deleted the persona chef."
+
+
+async def test_a_long_persona_keyboard_is_paged(start_telegram: StartBot, api: FakeBotAPI) -> None:
+    engine = (await start_telegram()).engine
+    here = conversation(ALICE["id"])
+    for i in range(12):
+        made = persona_from_mapping({"name": f"p{i:02}", "system_prompt": "Hi."}, source="t")
+        await engine.create_persona(made, conversation=here)
+    usable = [p.display_name for p in engine.personas(here)]
+    api.send(private(ALICE), ALICE, "/persona")
+    (shown,) = await answers(api, ALICE["id"], 1)
+    rows = shown["reply_markup"]["inline_keyboard"]
+    pages = -(-len(usable) // PAGE_SIZE)
+    first = [b["text"].removeprefix("✓ ") for row in rows[:-1] for b in row]
+    assert first == usable[:PAGE_SIZE]
+    assert [b["text"] for b in rows[-1]] == ["◀", f"1/{pages}", "▶"]
+    api.tap(ALICE, shown, rows[-1][2]["callback_data"])
+    await api.wait_for(lambda: api.calls_to("editMessageReplyMarkup", ok=True))
+    turned = api.message(ALICE["id"], shown["message_id"])["reply_markup"]["inline_keyboard"]
+    second = [b["text"].removeprefix("✓ ") for row in turned[:-1] for b in row]
+    assert second == usable[PAGE_SIZE : 2 * PAGE_SIZE]
+    assert turned[-1][1]["text"] == f"2/{pages}"

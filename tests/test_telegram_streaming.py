@@ -17,6 +17,7 @@ import pytest
 from telegram.ext import AIORateLimiter, ExtBot
 
 from bots.telegram.app import RATE_LIMIT_RETRIES
+from bots.telegram.formatting import WORD_JOINER
 from bots.telegram.streaming import StreamingReply
 from tests.fake_telegram import TOKEN, FakeBotAPI
 
@@ -24,6 +25,7 @@ ALICE = FakeBotAPI.user(601, "Alice")
 GROUP_ID = -1005555
 INTERVAL = 0.5
 STORY = " ".join(f"word{i}" for i in range(400))[:1500]
+NAMING = "Ask @someone_else about it, or mail bob@example.com. " + STORY[:500]
 
 
 @pytest.fixture
@@ -107,3 +109,40 @@ async def test_finishing_after_the_preview_caught_up_does_not_hang(
     async with asyncio.timeout(10):
         await reply.finish("Hello there.")
     assert api.sent_to(ALICE["id"])[-1]["text"] == "Hello there."
+
+
+def mentions(shown: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entities of a message or draft, as the fake Bot API found them like Telegram,
+    that would notify someone."""
+    return [e for e in shown.get("entities", []) if e["type"] in {"mention", "text_mention"}]
+
+
+async def test_a_streamed_group_reply_mentions_nobody_while_it_is_written(
+    api: FakeBotAPI, bot: ExtBot[Any]
+) -> None:
+    """The preview is plain text sent and edited past sending.py: it neutralises too."""
+    asked = api.send(FakeBotAPI.group_chat(GROUP_ID), ALICE, "Who knows?")
+    reply = streaming(bot, GROUP_ID, private=False, reply_to=asked["message_id"])
+    await written_gradually(reply, NAMING)
+
+    (preview,) = api.sent_to(GROUP_ID)
+    assert preview["parse_mode"] is None and preview["text"].endswith(" …")
+    edits = [edit for edit in api.edits if edit["chat"]["id"] == GROUP_ID]
+    assert edits and edits[-1]["parse_mode"] == "HTML"  # the finished reply, in place
+    for shown in [preview, *edits]:
+        assert not mentions(shown), shown
+        assert shown["text"].startswith(f"Ask @{WORD_JOINER}someone_else")  # reads the same
+    assert edits[-1]["text"].replace(WORD_JOINER, "") == NAMING  # the e-mail address too
+
+
+async def test_a_streamed_private_draft_mentions_nobody(api: FakeBotAPI, bot: ExtBot[Any]) -> None:
+    api.send({"id": ALICE["id"], "type": "private", "first_name": "Alice"}, ALICE, "Hi")
+    reply = streaming(bot, ALICE["id"], private=True)
+    await written_gradually(reply, NAMING)
+
+    assert api.drafts
+    for draft in api.drafts:
+        assert not mentions(draft), draft
+        assert draft["text"].startswith(f"Ask @{WORD_JOINER}someone_else")
+    (sent,) = api.sent_to(ALICE["id"])
+    assert not mentions(sent) and sent["text"].replace(WORD_JOINER, "") == NAMING

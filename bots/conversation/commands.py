@@ -29,7 +29,8 @@ class Command:
     """The command without the slash; its first word is Telegram's menu entry."""
     about: str
     who: str
-    """Who may run it. In a private chat, with the bot alone, anyone may run anything."""
+    """Who may run it. In a private chat, with the bot alone, anyone may run anything;
+    PERSONABOT_ADMIN_ONLY=false lets everyone do what is for admins."""
     spellings: dict[Platform, str]
     """How to type it on each platform where it exists."""
 
@@ -39,7 +40,7 @@ class Command:
 
 ANYONE = "anyone"
 ADMINS = "admins in servers and groups"
-ANYONE_SHOWS_ADMINS_CHANGE = "anyone to show; admins in Telegram groups to switch"
+ANYONE_SHOWS_ADMINS_CHANGE = "anyone to show; admins in servers and groups to change"
 AUTHOR_OR_ADMINS = "the person it answered; admins in servers and groups"
 
 COMMANDS: tuple[Command, ...] = (
@@ -55,7 +56,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "personas",
-        "list the personas",
+        "list the personas usable here",
         who=ANYONE,
         spellings={
             "terminal": "/personas",
@@ -65,7 +66,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "persona create",
-        "write a new persona",
+        "write a new persona, usable only in this server or chat",
         who=ADMINS,
         spellings={
             "terminal": "/persona create NAME INSTRUCTIONS",
@@ -75,7 +76,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "persona delete",
-        "delete a persona made with /persona create",
+        "delete a persona this server or chat made with /persona create",
         who=ADMINS,
         spellings={
             "terminal": "/persona delete NAME",
@@ -118,7 +119,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "length",
         "show or set how long my replies are here: short, medium or long",
-        who=ANYONE,
+        who=ANYONE_SHOWS_ADMINS_CHANGE,
         spellings={
             "terminal": "/length [PRESET]",
             "discord": "/length <short|medium|long>",

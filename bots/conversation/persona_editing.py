@@ -14,6 +14,7 @@ from bots.conversation import texts
 from core.engine import Engine
 from core.errors import InputError
 from core.personas import persona_from_mapping
+from core.types import ConversationRef
 
 CREATE_USAGE = (
     "Write it as /persona create NAME INSTRUCTIONS, e.g. /persona create chef You are a "
@@ -50,21 +51,27 @@ def fields_from_text(argument: str) -> dict[str, str]:
 
 
 async def create_persona(
-    engine: Engine, fields: Mapping[str, str], *, created_by: str, switch_with: str
+    engine: Engine,
+    fields: Mapping[str, str],
+    *,
+    here: ConversationRef,
+    created_by: str,
+    switch_with: str,
 ) -> str:
-    """Store a new persona; the answer to show. Raises PersonabotError saying what is wrong."""
+    """Store a new persona in ``here``'s community; the answer to show. Raises
+    PersonabotError saying what is wrong."""
     persona = persona_from_mapping(fields, source="New persona")
-    if persona.name in {p.name for p in engine.personas()}:
+    if persona.name in {p.name for p in engine.personas(here)}:
         raise InputError(texts.persona_exists(persona.name))
-    await engine.create_persona(persona, created_by=created_by)
+    await engine.create_persona(persona, created_by=created_by, conversation=here)
     return texts.persona_created(persona, switch_with)
 
 
-async def delete_persona(engine: Engine, name: str) -> tuple[bool, str]:
-    """Delete a user-made persona: whether it was there, and the answer to show."""
+async def delete_persona(engine: Engine, name: str, *, here: ConversationRef) -> tuple[bool, str]:
+    """Delete a persona ``here``'s community made: whether it was there, and the answer."""
     name = name.strip()
     if not name:
         raise InputError("Which persona? Write it as /persona delete NAME.")
-    if await engine.delete_persona(name):
+    if await engine.delete_persona(name, here):
         return True, texts.persona_deleted(name)
     return False, texts.no_such_persona(name)

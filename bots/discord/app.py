@@ -87,7 +87,9 @@ class PersonaBotClient(commands.Bot):
         flow = ReplyFlow.for_platform(
             engine, settings, "discord", typing_interval=TYPING_REFRESH_SECONDS
         )
-        self._slash_commands = ConversationCommands(engine, flow)
+        self._slash_commands = ConversationCommands(
+            engine, flow, admin_only=settings.admins_only("discord")
+        )
         self.handler = DiscordMessages(flow, stream_replies=settings.streams_replies("discord"))
         self._guild_ids = settings.discord_guild_ids
         self._announce = announce

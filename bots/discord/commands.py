@@ -29,6 +29,7 @@ from bots.discord.messages import PLATFORM, ChannelDelivery, author_of, conversa
 from bots.discord.sending import NO_MENTIONS, split_reply
 from core.engine import Engine
 from core.errors import PersonabotError
+from core.types import ConversationRef
 
 __all__ = ["CommandTree", "ConversationCommands", "Refused", "respond"]
 
@@ -90,13 +91,17 @@ async def respond(interaction: Interaction, text: str, *, ephemeral: bool) -> No
 
 
 def needs(permission: str, label: str, *, in_dms: bool) -> Callable[[Interaction], bool]:
-    """A check: in a server the caller needs ``permission``; in DMs ``in_dms`` decides."""
+    """A check: in a server the caller needs ``permission``, unless PERSONABOT_ADMIN_ONLY
+    is off; in DMs ``in_dms`` decides."""
 
     def check(interaction: Interaction) -> bool:
         if interaction.guild is None:
             if in_dms:
                 return True
             raise Refused("This command works in servers only.")
+        cog = getattr(interaction.command, "binding", None)
+        if isinstance(cog, ConversationCommands) and not cog.admin_only:
+            return True
         granted = interaction.permissions
         if granted.administrator or getattr(granted, permission):
             return True
@@ -159,13 +164,14 @@ class PersonaModal(discord.ui.Modal, title="Create a persona"):
             answer = await create_persona(
                 self._engine,
                 fields,
+                here=_here(interaction),
                 created_by=f"discord:{interaction.user.id}",
                 switch_with="/persona set",
             )
         except PersonabotError as exc:
             await respond(interaction, texts.error_text(exc), ephemeral=True)
             return
-        self._flow.spoke(conversation_of(_channel(interaction)))
+        self._flow.spoke(_here(interaction))
         await respond(interaction, answer, ephemeral=False)
 
     async def on_error(self, interaction: Interaction, error: Exception) -> None:  # type: ignore[override]
@@ -179,32 +185,36 @@ class ConversationCommands(commands.Cog):
 
     persona = app_commands.Group(name="persona", description="Who I am in this channel")
 
-    def __init__(self, engine: Engine, flow: ReplyFlow) -> None:
+    def __init__(self, engine: Engine, flow: ReplyFlow, *, admin_only: bool = True) -> None:
         self._engine = engine
         self._flow = flow
+        self.admin_only = admin_only
+        """PERSONABOT_ADMIN_ONLY: changing a server's conversations needs a permission."""
 
     async def _announce(self, interaction: Interaction, text: str) -> None:
         """Answer for everyone in the channel: that is now the bot's last message there."""
-        self._flow.spoke(conversation_of(_channel(interaction)))
+        self._flow.spoke(_here(interaction))
         await respond(interaction, text, ephemeral=False)
 
     # -- /persona ...
 
     @persona.command(name="set", description="Switch this channel's persona")
     @app_commands.describe(name="The persona to switch to")
+    @app_commands.check(needs("manage_guild", "Manage Server", in_dms=True))
     async def persona_set(self, interaction: Interaction, name: str) -> None:
-        chosen = await self._engine.set_persona(conversation_of(_channel(interaction)), name)
+        chosen = await self._engine.set_persona(_here(interaction), name)
         await self._announce(interaction, texts.persona_set(chosen))
 
     @persona.command(name="list", description="List the personas")
     async def persona_list(self, interaction: Interaction) -> None:
-        current = (await self._engine.persona(conversation_of(_channel(interaction)))).name
-        lines = texts.persona_list(self._engine.personas(), current, markdown=True)
+        here = _here(interaction)
+        current = (await self._engine.persona(here)).name
+        lines = texts.persona_list(self._engine.personas(here), current, markdown=True)
         await respond(interaction, "\n".join(lines), ephemeral=True)
 
     @persona.command(name="show", description="The persona, reply length and answer mode here")
     async def persona_show(self, interaction: Interaction) -> None:
-        here = conversation_of(_channel(interaction))
+        here = _here(interaction)
         current = await self._engine.persona(here)
         length = await self._engine.length(here)
         private = interaction.guild is None
@@ -226,7 +236,7 @@ class ConversationCommands(commands.Cog):
     @app_commands.describe(name="The persona to delete")
     @app_commands.check(needs("manage_guild", "Manage Server", in_dms=False))
     async def persona_delete(self, interaction: Interaction, name: str) -> None:
-        removed, answer = await delete_persona(self._engine, name)
+        removed, answer = await delete_persona(self._engine, name, here=_here(interaction))
         if removed:
             await self._announce(interaction, answer)
         else:
@@ -240,7 +250,7 @@ class ConversationCommands(commands.Cog):
         typed = current.strip().lower()
         return [
             app_commands.Choice(name=f"{p.display_name} ({p.name})"[:100], value=p.name)
-            for p in self._engine.personas()
+            for p in self._engine.personas(_here(interaction))
             if typed in p.name or typed in p.display_name.lower()
         ][:_MAX_CHOICES]
 
@@ -250,7 +260,7 @@ class ConversationCommands(commands.Cog):
     @app_commands.default_permissions(manage_messages=True)
     @app_commands.check(needs("manage_messages", "Manage Messages", in_dms=True))
     async def reset(self, interaction: Interaction) -> None:
-        count = await self._engine.reset(conversation_of(_channel(interaction)))
+        count = await self._engine.reset(_here(interaction))
         await self._announce(interaction, texts.conversation_reset(count))
 
     @app_commands.command(name="retry", description="Write my last reply here again")
@@ -262,14 +272,16 @@ class ConversationCommands(commands.Cog):
         if not isinstance(channel, discord.abc.Messageable):
             raise PersonabotError("This command needs to be used in a channel.")
         granted = interaction.permissions
-        may_retry_others = interaction.guild is None or bool(
-            granted.administrator or granted.manage_messages
+        may_retry_others = (
+            interaction.guild is None
+            or not self.admin_only
+            or bool(granted.administrator or granted.manage_messages)
         )
         delivery = ChannelDelivery(channel, reference=None, stream=False)
         with self._flow.accepted() as accepted:
             refused = (
                 await self._flow.retry(
-                    conversation_of(channel),
+                    _here(interaction),
                     author_of(interaction.user),
                     delivery,
                     may_retry_others=may_retry_others,
@@ -293,7 +305,7 @@ class ConversationCommands(commands.Cog):
         if everywhere:
             count = await self._engine.forget(author, platform=PLATFORM)
         else:
-            count = await self._engine.forget(author, conversation_of(_channel(interaction)))
+            count = await self._engine.forget(author, _here(interaction))
         await respond(interaction, texts.forgotten(count, everywhere=everywhere), ephemeral=True)
 
     @app_commands.command(
@@ -306,17 +318,18 @@ class ConversationCommands(commands.Cog):
         if text and text.strip():
             answer = texts.mood_of_text(await self._engine.detect_mood(text))
         else:
-            here = conversation_of(_channel(interaction))
+            here = _here(interaction)
             mood = await last_mood(self._engine, here, str(interaction.user.id))
             answer = texts.last_mood(mood, "/mood text:")
         await respond(interaction, answer, ephemeral=True)
 
     @app_commands.command(name="length", description="How long my replies are in this channel")
     @app_commands.describe(preset="short, medium or long")
+    @app_commands.check(needs("manage_guild", "Manage Server", in_dms=True))
     async def length(
         self, interaction: Interaction, preset: Literal["short", "medium", "long"]
     ) -> None:
-        chosen = await self._engine.set_length(conversation_of(_channel(interaction)), preset)
+        chosen = await self._engine.set_length(_here(interaction), preset)
         await self._announce(interaction, texts.length_set(chosen))
 
     @app_commands.command(
@@ -328,12 +341,19 @@ class ConversationCommands(commands.Cog):
     @app_commands.check(needs("manage_guild", "Manage Server", in_dms=False))
     async def chat(self, interaction: Interaction, mode: Literal["always", "mention"]) -> None:
         always = mode == "always"
-        await self._engine.set_always_answer(conversation_of(_channel(interaction)), always)
+        await self._engine.set_always_answer(_here(interaction), always)
         await self._announce(interaction, texts.answer_mode_set(always))
 
     @app_commands.command(name="help", description="How to talk to me, and the commands")
     async def help(self, interaction: Interaction) -> None:
         await respond(interaction, help_text(), ephemeral=True)
+
+
+def _here(interaction: Interaction) -> ConversationRef:
+    """The conversation a command was used in."""
+    return conversation_of(
+        _channel(interaction), guild_id=interaction.guild_id, user_id=interaction.user.id
+    )
 
 
 def _channel(interaction: Interaction) -> discord.abc.Snowflake:

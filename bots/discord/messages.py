@@ -18,6 +18,7 @@ import discord
 
 from bots.conversation import texts
 from bots.conversation.reply_flow import ReplyFlow, Sent, Stream
+from bots.conversation.scopes import discord_dm_scope, discord_server_scope
 from bots.discord.sending import NO_MENTIONS, StreamingReply, send_text, split_reply
 from core.types import Author, ConversationRef
 
@@ -50,9 +51,15 @@ _CHANNEL_MENTION = re.compile(r"<#(\d+)>")
 _SPACES = re.compile(r"[ \t]{2,}")
 
 
-def conversation_of(channel: discord.abc.Messageable | discord.abc.Snowflake) -> ConversationRef:
-    """Every channel, thread and DM is its own conversation (a thread has its own id)."""
-    return ConversationRef(PLATFORM, str(getattr(channel, "id", channel)))
+def conversation_of(
+    channel: discord.abc.Messageable | discord.abc.Snowflake, *, guild_id: int | None, user_id: int
+) -> ConversationRef:
+    """Every channel, thread and DM is its own conversation (a thread has its own id).
+
+    Its scope, whose personas it sees, is its server, or in a DM the user's own.
+    """
+    scope = discord_server_scope(guild_id) if guild_id is not None else discord_dm_scope(user_id)
+    return ConversationRef(PLATFORM, str(getattr(channel, "id", channel)), scope)
 
 
 def author_of(user: discord.abc.User) -> Author:
@@ -126,7 +133,10 @@ class DiscordMessages:
                 await self._answer(message, me)
 
     async def _answer(self, message: discord.Message, me: discord.ClientUser) -> None:
-        conversation = conversation_of(message.channel)
+        guild_id = None if message.guild is None else message.guild.id
+        conversation = conversation_of(
+            message.channel, guild_id=guild_id, user_id=message.author.id
+        )
         if message.guild is not None and not (
             addressed_to(message, me) or await self._flow.answers_everything(conversation)
         ):

@@ -63,7 +63,7 @@ def build_application(engine: Engine, settings: Settings) -> TelegramApplication
         engine, settings, "telegram", typing_interval=TYPING_REFRESH_SECONDS
     )
     messages = TelegramMessages(flow, stream_replies=settings.streams_replies("telegram"))
-    commands = TelegramCommands(engine, flow, admin_only=settings.telegram_admin_only)
+    commands = TelegramCommands(engine, flow, admin_only=settings.admins_only("telegram"))
     commands.register(application, messages)
     return application
 

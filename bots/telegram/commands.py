@@ -2,9 +2,9 @@
 
 Each command is one small PTB handler that reads its arguments from the rest of the line,
 calls the engine and answers in the chat; the words come from :mod:`bots.conversation`.
-In groups, changing the persona, the answer mode, resetting and making or deleting personas
-are for the group's admins (PERSONABOT_TELEGRAM_ADMIN_ONLY); in a private chat the user
-decides.
+In groups, changing the persona, the reply length or the answer mode, resetting and making
+or deleting personas are for the group's admins (PERSONABOT_ADMIN_ONLY); in a private chat
+the user decides.
 """
 
 from __future__ import annotations
@@ -14,7 +14,16 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from telegram import Bot, Chat, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update, User
+from telegram import (
+    Bot,
+    CallbackQuery,
+    Chat,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    Update,
+    User,
+)
 from telegram.constants import ChatMemberStatus
 from telegram.error import TelegramError
 from telegram.ext import (
@@ -37,10 +46,10 @@ from bots.conversation.persona_editing import (
 )
 from bots.conversation.reply_flow import ReplyFlow
 from bots.telegram.messages import ChatDelivery, TelegramMessages, author_of_message, place_of
-from bots.telegram.sending import Place, say
+from bots.telegram.sending import Place, edit_text, say
 from core.engine import Engine
 from core.errors import PersonabotError
-from core.types import Author, LengthPreset
+from core.types import Author, ConversationRef, LengthPreset
 
 __all__ = ["COMMANDS", "TelegramCommands"]
 
@@ -54,6 +63,10 @@ START = ("start", "Say hello and explain how to talk to me")
 COMMANDS: tuple[tuple[str, str], ...] = (START, *menu("telegram"))
 
 _PERSONA_DATA = "persona:"
+_PAGE_DATA = "personas-page:"
+
+#: Personas per page of /persona's keyboard.
+PAGE_SIZE = 8
 _LENGTH_DATA = "length:"
 
 #: /chat's argument: how often the bot speaks in a group.
@@ -127,6 +140,7 @@ class TelegramCommands:
         for name, callback in commands.items():
             application.add_handler(CommandHandler(name, _answering_errors(callback)))
         application.add_handler(CallbackQueryHandler(self.persona_button, pattern=r"^persona:"))
+        application.add_handler(CallbackQueryHandler(self.persona_page, pattern=r"^personas-page:"))
         application.add_handler(CallbackQueryHandler(self.length_button, pattern=r"^length:"))
         application.add_handler(MessageHandler(filters.COMMAND, self.unknown_command))
         application.add_handler(
@@ -185,7 +199,7 @@ class TelegramCommands:
         if not name:
             current = await self._engine.persona(place.conversation)
             text = f"{texts.current_persona(current)}\nTap one to switch:"
-            markup = self._persona_keyboard(current.name)
+            markup = self._persona_keyboard(place.conversation, current.name)
             await self._say(context.bot, place, text, message, markup=markup)
             return
         if not await self._may_configure(context.bot, place, message.from_user, message):
@@ -211,11 +225,12 @@ class TelegramCommands:
                 answer = await create_persona(
                     self._engine,
                     fields_from_text(argument),
+                    here=place.conversation,
                     created_by=f"telegram:{author.id if author else place.chat_id}",
                     switch_with="/persona",
                 )
             else:
-                _, answer = await delete_persona(self._engine, argument)
+                _, answer = await delete_persona(self._engine, argument, here=place.conversation)
         except PersonabotError as exc:
             answer = texts.error_text(exc)
         await self._say(bot, place, answer, message)
@@ -225,7 +240,7 @@ class TelegramCommands:
             return
         message, place = origin
         current = (await self._engine.persona(place.conversation)).name
-        lines = texts.persona_list(self._engine.personas(), current)
+        lines = texts.persona_list(self._engine.personas(place.conversation), current)
         await self._say(context.bot, place, "\n".join(lines), message)
 
     async def reset(self, update: Update, context: Context) -> None:
@@ -312,6 +327,9 @@ class TelegramCommands:
                 markup=self._length_keyboard(current),
             )
             return
+        if not await self._may_configure(context.bot, place, message.from_user, message):
+            await say(context.bot, place, texts.only_admins("change the reply length"), message)
+            return
         try:
             preset = await self._engine.set_length(place.conversation, argument)
         except ValueError as exc:
@@ -376,7 +394,7 @@ class TelegramCommands:
                 await query.answer(texts.error_text(exc)[:200], show_alert=True)
                 return
             await query.answer(f"Persona set to {persona.display_name}.")
-            await query.edit_message_text(texts.persona_set(persona))
+            await _replace_keyboard(context.bot, query, place, texts.persona_set(persona))
         except TelegramError as exc:
             log.warning("Persona button in %s: %s", place, exc)
 
@@ -389,6 +407,9 @@ class TelegramCommands:
             if place is None:
                 await query.answer("This keyboard is too old; send /length again.")
                 return
+            if not await self._may_configure(context.bot, place, query.from_user, None):
+                await query.answer(texts.only_admins("change the reply length"), show_alert=True)
+                return
             try:
                 preset = await self._engine.set_length(
                     place.conversation, query.data.removeprefix(_LENGTH_DATA)
@@ -397,7 +418,7 @@ class TelegramCommands:
                 await query.answer(str(exc)[:200], show_alert=True)
                 return
             await query.answer(texts.length_set(preset))
-            await query.edit_message_text(texts.length_set(preset))
+            await _replace_keyboard(context.bot, query, place, texts.length_set(preset))
         except TelegramError as exc:
             log.warning("Length button in %s: %s", place, exc)
 
@@ -429,15 +450,52 @@ class TelegramCommands:
             return False
         return member.status in (ChatMemberStatus.ADMINISTRATOR, ChatMemberStatus.OWNER)
 
-    def _persona_keyboard(self, current: str) -> InlineKeyboardMarkup:
+    def _persona_keyboard(
+        self, here: ConversationRef, current: str, page: int = 0
+    ) -> InlineKeyboardMarkup:
+        """The personas usable here, a button each, :data:`PAGE_SIZE` a page: Telegram
+        refuses keyboards past about a hundred buttons, and long ones are unreadable."""
+        personas = self._engine.personas(here)
+        pages = max(1, -(-len(personas) // PAGE_SIZE))
+        page = min(max(page, 0), pages - 1)
         buttons = [
             InlineKeyboardButton(
                 f"{'✓ ' if p.name == current else ''}{p.display_name}",
                 callback_data=f"{_PERSONA_DATA}{p.name}",
             )
-            for p in self._engine.personas()
+            for p in personas[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
         ]
-        return InlineKeyboardMarkup([buttons[i : i + 2] for i in range(0, len(buttons), 2)])
+        rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
+        if pages > 1:
+            rows.append(
+                [
+                    InlineKeyboardButton("◀", callback_data=f"{_PAGE_DATA}{(page - 1) % pages}"),
+                    InlineKeyboardButton(
+                        f"{page + 1}/{pages}", callback_data=f"{_PAGE_DATA}{page}"
+                    ),
+                    InlineKeyboardButton("▶", callback_data=f"{_PAGE_DATA}{(page + 1) % pages}"),
+                ]
+            )
+        return InlineKeyboardMarkup(rows)
+
+    async def persona_page(self, update: Update, context: Context) -> None:
+        """◀ and ▶ under /persona's keyboard: show another page of personas."""
+        query = update.callback_query
+        if query is None or query.data is None:
+            return
+        place = _button_place(update)
+        try:
+            if place is None:
+                await query.answer("This keyboard is too old; send /persona again.")
+                return
+            page = int(query.data.removeprefix(_PAGE_DATA) or 0)
+            current = (await self._engine.persona(place.conversation)).name
+            await query.answer()
+            await query.edit_message_reply_markup(
+                self._persona_keyboard(place.conversation, current, page)
+            )
+        except (TelegramError, ValueError) as exc:
+            log.warning("Persona page button in %s: %s", place, exc)
 
     @staticmethod
     def _length_keyboard(current: LengthPreset) -> InlineKeyboardMarkup:
@@ -452,6 +510,13 @@ class TelegramCommands:
                 ]
             ]
         )
+
+
+async def _replace_keyboard(bot: Bot, query: CallbackQuery, place: Place, text: str) -> None:
+    """Replace a keyboard's message with what was chosen, as every sent text is formatted
+    (mentions neutralised)."""
+    if query.message is not None:
+        await edit_text(bot, place.chat_id, query.message.message_id, text)
 
 
 def _button_place(update: Update) -> Place | None:

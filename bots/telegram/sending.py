@@ -3,6 +3,8 @@
 Every outgoing text goes through :func:`send_text`: split to Telegram's 4,096-unit limit on
 natural boundaries, rendered as HTML that Telegram can parse, resent as plain text if
 Telegram's parser disagrees anyway, and retried briefly on network errors and 5xx answers.
+Either way its ``@username`` mentions are neutralised (:func:`neutralise_mentions`): what
+the bot sends must never notify anyone.
 Flood control (429 with ``retry_after``) is the rate limiter's job, below this layer.
 """
 
@@ -18,7 +20,8 @@ from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ChatType, MessageLimit, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
-from bots.telegram.formatting import to_html, utf16_len
+from bots.conversation.scopes import telegram_chat_scope
+from bots.telegram.formatting import neutralise_mentions, sent_len, to_html
 from core.chunking import split_message
 from core.types import ConversationRef
 
@@ -58,7 +61,9 @@ class Place:
     def conversation(self) -> ConversationRef:
         """Each chat, and each forum topic of a chat, is a conversation of its own."""
         suffix = "" if self.thread_id is None else f":{self.thread_id}"
-        return ConversationRef("telegram", f"{self.chat_id}{suffix}")
+        return ConversationRef(
+            "telegram", f"{self.chat_id}{suffix}", telegram_chat_scope(self.chat_id)
+        )
 
 
 async def say(
@@ -93,8 +98,9 @@ async def say(
 
 
 def split_reply(text: str) -> list[str]:
-    """``text`` as messages Telegram accepts, cut between paragraphs or sentences."""
-    return split_message(text, MessageLimit.MAX_TEXT_LENGTH, length=utf16_len)
+    """``text`` as messages Telegram accepts, cut between paragraphs or sentences; measured
+    as sent, neutralised mentions included."""
+    return split_message(text, MessageLimit.MAX_TEXT_LENGTH, length=sent_len)
 
 
 async def send_text(
@@ -165,8 +171,9 @@ async def _formatted(
     call: Callable[[str, ParseMode | None], Awaitable[T]], chunk: str, chat_id: int
 ) -> T:
     """``call`` with the chunk as HTML, as plain text if Telegram cannot parse it, retried on
-    network errors and 5xx answers."""
-    text = to_html(chunk)
+    network errors and 5xx answers; mentions neutralised in both, as this is where every
+    reply and edit is handed to Telegram."""
+    text = neutralise_mentions(to_html(chunk), html=True)
     parse_mode: ParseMode | None = ParseMode.HTML
     attempt = 0
     while True:
@@ -179,7 +186,7 @@ async def _formatted(
             if parse_mode is None or not ("parse entities" in reason or "text is empty" in reason):
                 raise
             log.warning("Telegram could not parse our HTML (%s); sending plain text.", exc)
-            text, parse_mode = chunk, None
+            text, parse_mode = neutralise_mentions(chunk), None
         except NetworkError as exc:
             if attempt >= NETWORK_RETRIES:
                 raise

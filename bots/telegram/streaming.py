@@ -7,7 +7,8 @@ edited as the text grows, then replaced by the reply. Either way the preview cha
 once per interval (:data:`PRIVATE_INTERVAL_SECONDS`, :data:`GROUP_INTERVAL_SECONDS`): Telegram
 allows about one message a second in a chat and twenty a minute in a group, edits included.
 A 429 is the rate limiter's (it waits ``retry_after`` and retries); a preview that still
-fails is given up, and the reply is sent whole.
+fails is given up, and the reply is sent whole. Previews, like replies, carry no mention
+that could notify anyone (:func:`~bots.telegram.formatting.neutralise_mentions`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from telegram.constants import MessageLimit
 from telegram.error import BadRequest, TelegramError
 
 from bots.conversation.preview_pump import PreviewPump
-from bots.telegram.formatting import utf16_len
+from bots.telegram.formatting import neutralise_mentions, sent_len
 from bots.telegram.sending import edit_text, quoting, send_text, split_reply
 from core.chunking import split_message
 
@@ -79,7 +80,9 @@ class StreamingReply:
         self._pump.update(text)
 
     async def _show_preview(self, preview: str) -> None:
-        # Plain text: a half-written reply may hold unbalanced Markdown.
+        # Plain text: a half-written reply may hold unbalanced Markdown. These calls bypass
+        # sending.py, so they neutralise mentions themselves.
+        preview = neutralise_mentions(preview)
         if self._private:
             await self._bot.send_message_draft(
                 self._chat_id, self._draft_id, preview, message_thread_id=self._thread_id
@@ -129,4 +132,4 @@ class StreamingReply:
 def _preview(text: str) -> str:
     """The part of a reply being written that fits one message, marked as unfinished."""
     limit = MessageLimit.MAX_TEXT_LENGTH - len(_WRITING)
-    return split_message(text, limit, length=utf16_len)[0] + _WRITING
+    return split_message(text, limit, length=sent_len)[0] + _WRITING

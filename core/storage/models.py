@@ -134,12 +134,19 @@ class Message(Base):
 
 
 class StoredPersona(Base):
-    """A persona a user created at runtime; ``definition`` is owned by ``core.personas``."""
+    """A persona made at runtime; ``definition`` is owned by ``core.personas``.
+
+    ``scope`` is the community it belongs to (``discord:server:<id>``, ``telegram:chat:<id>``
+    ...), or empty for a global one (the operator's, or published). Names are unique per
+    scope.
+    """
 
     __tablename__ = "personas"
+    __table_args__ = (UniqueConstraint("scope", "name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    name: Mapped[str] = mapped_column(String(64))
     definition: Mapped[str] = mapped_column(Text)
     created_by: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(
@@ -147,4 +154,18 @@ class StoredPersona(Base):
     )
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow, server_default=func.now()
+    )
+
+
+class PersonaGrant(Base):
+    """A scope allowed to use a private persona (one with its own adapter)."""
+
+    __tablename__ = "persona_grants"
+    __table_args__ = (UniqueConstraint("persona", "scope"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    persona: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, server_default=func.now()
     )

@@ -25,7 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from core.errors import StorageError
 from core.storage.database import Database, one_line
-from core.storage.models import Conversation, Message, StoredPersona, utcnow
+from core.storage.models import Conversation, Message, PersonaGrant, StoredPersona, utcnow
 from core.storage.retry import RetryPolicy, describe, is_transient, retrying
 from core.types import Author, ConversationRef, LengthPreset, Mood, MoodResult, StoredMessage
 
@@ -365,8 +365,11 @@ class ConversationStore:
 
     # -- custom personas ----------------------------------------------------------------------
 
-    async def save_persona(self, name: str, definition: str, created_by: str | None) -> None:
-        """Insert the persona, or replace the definition of the one with that name.
+    async def save_persona(
+        self, name: str, definition: str, created_by: str | None, scope: str = ""
+    ) -> None:
+        """Insert the persona in ``scope``, or replace the definition of the one with that
+        name there.
 
         ``created_by`` is kept from the first save: it records who made the persona. A
         concurrent first save of the same name is retried once as an update.
@@ -374,46 +377,101 @@ class ConversationStore:
 
         async def attempt() -> None:
             try:
-                await self._upsert_persona(name, definition, created_by)
+                await self._upsert_persona(scope, name, definition, created_by)
             except IntegrityError:
-                await self._upsert_persona(name, definition, created_by)
+                await self._upsert_persona(scope, name, definition, created_by)
 
         await self._run(f"save the persona {name!r}", attempt)
 
-    async def _upsert_persona(self, name: str, definition: str, created_by: str | None) -> None:
+    async def _upsert_persona(
+        self, scope: str, name: str, definition: str, created_by: str | None
+    ) -> None:
         async with self._db.transaction() as session:
-            row = await session.scalar(select(StoredPersona).where(StoredPersona.name == name))
+            row = await session.scalar(
+                select(StoredPersona).where(
+                    StoredPersona.scope == scope, StoredPersona.name == name
+                )
+            )
             if row is None:
-                session.add(StoredPersona(name=name, definition=definition, created_by=created_by))
+                session.add(
+                    StoredPersona(
+                        scope=scope, name=name, definition=definition, created_by=created_by
+                    )
+                )
             else:
                 row.definition = definition
                 row.updated_at = utcnow()
 
-    async def list_personas(self) -> list[tuple[str, str]]:
-        """Every stored persona as (name, definition JSON), by name."""
+    async def list_personas(self) -> list[tuple[str, str, str]]:
+        """Every stored persona as (scope, name, definition JSON), by scope and name."""
 
-        async def attempt() -> list[tuple[str, str]]:
+        async def attempt() -> list[tuple[str, str, str]]:
             async with self._db.session() as session:
                 result = await session.execute(
-                    select(StoredPersona.name, StoredPersona.definition).order_by(
-                        StoredPersona.name
-                    )
+                    select(
+                        StoredPersona.scope, StoredPersona.name, StoredPersona.definition
+                    ).order_by(StoredPersona.scope, StoredPersona.name)
                 )
-                return [(name, definition) for name, definition in result]
+                return [(scope, name, definition) for scope, name, definition in result]
 
         return await self._run("load the custom personas", attempt)
 
-    async def delete_persona(self, name: str) -> bool:
-        """Remove a stored persona; ``False`` when there was none by that name."""
+    async def delete_persona(self, name: str, scope: str = "") -> bool:
+        """Remove a stored persona of ``scope``; ``False`` when there was none by that name."""
 
         async def attempt() -> bool:
             async with self._db.transaction() as session:
                 result = await session.execute(
-                    delete(StoredPersona).where(StoredPersona.name == name)
+                    delete(StoredPersona).where(
+                        StoredPersona.scope == scope, StoredPersona.name == name
+                    )
                 )
             return _rowcount(result) > 0
 
         return await self._run(f"delete the persona {name!r}", attempt)
+
+    async def publish_persona(self, name: str, scope: str) -> bool:
+        """Make ``scope``'s persona global; False when the scope has none by that name."""
+
+        async def attempt() -> bool:
+            async with self._db.transaction() as session:
+                result = await session.execute(
+                    update(StoredPersona)
+                    .where(StoredPersona.scope == scope, StoredPersona.name == name)
+                    .values(scope="", updated_at=utcnow())
+                )
+            return _rowcount(result) > 0
+
+        return await self._run(f"publish the persona {name!r}", attempt)
+
+    async def grant_persona(self, name: str, scope: str) -> None:
+        """Let ``scope`` use the private persona ``name`` (granting twice is harmless)."""
+
+        async def attempt() -> None:
+            async with self._db.transaction() as session:
+                found = await session.scalar(
+                    select(PersonaGrant).where(
+                        PersonaGrant.persona == name, PersonaGrant.scope == scope
+                    )
+                )
+                if found is None:
+                    session.add(PersonaGrant(persona=name, scope=scope))
+
+        await self._run(f"grant the persona {name!r}", attempt)
+
+    async def persona_grants(self) -> list[tuple[str, str]]:
+        """Every grant as (persona name, scope)."""
+
+        async def attempt() -> list[tuple[str, str]]:
+            async with self._db.session() as session:
+                result = await session.execute(
+                    select(PersonaGrant.persona, PersonaGrant.scope).order_by(
+                        PersonaGrant.persona, PersonaGrant.scope
+                    )
+                )
+                return [(persona, scope) for persona, scope in result]
+
+        return await self._run("load the persona grants", attempt)
 
     # -- errors -------------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bots.conversation.scopes import discord_dm_scope, discord_server_scope
 from core.types import ConversationRef
-from tests.fake_discord import FakeDiscord
+from tests.fake_discord import GUILD_ID, FakeDiscord
 
 JSON = dict[str, Any]
 
@@ -39,5 +40,7 @@ def bob(fake: FakeDiscord) -> JSON:
     return fake.users[BOB_ID]
 
 
-def here(channel_id: int) -> ConversationRef:
-    return ConversationRef("discord", str(channel_id))
+def here(channel_id: int, *, dm_with: int | None = None) -> ConversationRef:
+    """A channel of the test server (or a DM with ``dm_with``), in its scope."""
+    scope = discord_server_scope(GUILD_ID) if dm_with is None else discord_dm_scope(dm_with)
+    return ConversationRef("discord", str(channel_id), scope)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bots.conversation.scopes import telegram_chat_scope
 from core.types import ConversationRef
 from tests.fake_telegram import FakeBotAPI
 
@@ -19,7 +20,9 @@ def private(user: JSON) -> JSON:
 
 
 def conversation(chat_id: int, thread: int | None = None) -> ConversationRef:
-    return ConversationRef("telegram", f"{chat_id}" if thread is None else f"{chat_id}:{thread}")
+    """The conversation of a chat (or one of its forum topics), in the chat's scope."""
+    channel = f"{chat_id}" if thread is None else f"{chat_id}:{thread}"
+    return ConversationRef("telegram", channel, telegram_chat_scope(chat_id))
 
 
 async def answers(api: FakeBotAPI, chat_id: int, count: int) -> list[JSON]:
