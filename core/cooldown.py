@@ -9,10 +9,11 @@ message, because answering every refused message would itself be the flood.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Cooldown", "CooldownCheck", "RateDecision", "RateLimits"]
+__all__ = ["CommandBudget", "Cooldown", "CooldownCheck", "RateDecision", "RateLimits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,3 +148,54 @@ class RateLimits:
 
 def _seconds(retry_after: float) -> int:
     return max(1, round(retry_after))
+
+
+class CommandBudget:
+    """At most ``limit`` commands (or button taps) per user in any ``window`` seconds.
+
+    Commands cost little each, but not nothing: /mood runs the classifier, a Telegram button
+    tap asks Telegram who is an admin. A budget rather than a cooldown, because people
+    often send two or three commands in a row (/persona, then /length); a flood is what
+    must stop. ``limit == 0`` turns it off. The first refusal of a streak carries a notice.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 10_000,
+    ) -> None:
+        self._limit = limit
+        self._window = window
+        self._clock = clock
+        self._max_keys = max_keys
+        self._used: dict[str, deque[float]] = {}
+        self._notified: set[str] = set()
+
+    def check(self, user: str) -> RateDecision:
+        if self._limit == 0:
+            return RateDecision(allowed=True)
+        now = self._clock()
+        used = self._used.setdefault(user, deque())
+        while used and now - used[0] >= self._window:
+            used.popleft()
+        if len(used) >= self._limit:
+            notice = None
+            if user not in self._notified:
+                self._notified.add(user)
+                wait = _seconds(self._window - (now - used[0]))
+                notice = f"That's a lot of commands at once; please wait {wait} s."
+            return RateDecision(False, "user", notice)
+        used.append(now)
+        self._notified.discard(user)
+        if len(self._used) > self._max_keys:
+            self._forget_idle(now)
+        return RateDecision(allowed=True)
+
+    def _forget_idle(self, now: float) -> None:
+        idle = [k for k, used in self._used.items() if not used or now - used[-1] >= self._window]
+        for key in idle:
+            del self._used[key]
+            self._notified.discard(key)

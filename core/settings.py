@@ -310,6 +310,13 @@ class Settings(BaseSettings):
         description="Secret Telegram sends with every webhook request (1-256 of A-Z, a-z, "
         "0-9, _ and -); default: a random one per start.",
     )
+    commands_per_minute: int = Field(
+        default=20,
+        ge=0,
+        le=10_000,
+        description="Most commands and button taps one user may send per minute on chat "
+        "platforms; past it they are ignored, with one notice (0 turns the limit off).",
+    )
     admin_only: bool = Field(
         default=True,
         description="In Discord servers and Telegram groups, only admins may change the "

@@ -184,6 +184,7 @@ def start_discord(bots: BotRunner, fake: FakeDiscord) -> StartBot:
             "discord_gateway_url": fake.gateway_url,
             "user_cooldown_seconds": 0,
             "discord_channel_cooldown_seconds": 0,
+            "commands_per_minute": 0,
             **overrides,
         }
         started = fake.sessions_started
@@ -219,6 +220,7 @@ def start_telegram(bots: BotRunner, api: FakeBotAPI) -> StartBot:
             "telegram_api_url": api.api_url,
             "user_cooldown_seconds": 0,
             "telegram_chat_cooldown_seconds": 0,
+            "commands_per_minute": 0,
             **overrides,
         }
         return await bots.start(run_telegram, values, generator=generator)

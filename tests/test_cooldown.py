@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.cooldown import Cooldown, CooldownCheck, RateLimits
+from core.cooldown import CommandBudget, Cooldown, CooldownCheck, RateLimits
 
 
 class Clock:
@@ -85,3 +85,20 @@ def test_rate_limits_per_user_and_per_conversation_with_one_notice_per_window() 
 def test_rate_limits_of_zero_allow_everything() -> None:
     limits = RateLimits(user_seconds=0, conversation_seconds=0)
     assert all(limits.check("alice", "group").allowed for _ in range(20))
+
+
+def test_the_command_budget_allows_a_burst_then_refuses_with_one_notice() -> None:
+    clock = Clock()
+    budget = CommandBudget(3, 60.0, clock=clock)
+    assert [budget.check("u").allowed for _ in range(3)] == [True, True, True]
+    first, second = budget.check("u"), budget.check("u")
+    assert (
+        not first.allowed and first.notice == "That's a lot of commands at once; please wait 60 s."
+    )
+    assert not second.allowed and second.notice is None  # one notice per streak
+    assert budget.check("someone else").allowed
+    clock.now += 30.0
+    assert not budget.check("u").allowed
+    clock.now += 30.0  # the first three have left the window
+    assert budget.check("u").allowed
+    assert CommandBudget(0, clock=clock).check("u").allowed  # 0 turns it off

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from bots.conversation import texts
-from core.cooldown import RateLimits
+from core.cooldown import CommandBudget, RateDecision, RateLimits
 from core.engine import Engine
 from core.errors import PersonabotError
 from core.ordering import TurnQueue
@@ -89,8 +89,10 @@ class ReplyFlow:
         user_cooldown_seconds: float,
         conversation_cooldown_seconds: float,
         typing_interval: float,
+        commands_per_minute: int = 0,
     ) -> None:
         self._engine = engine
+        self._commands = CommandBudget(commands_per_minute)
         # The model is shared by every conversation: one limit per user, one per conversation.
         self._limits = RateLimits(
             user_seconds=user_cooldown_seconds, conversation_seconds=conversation_cooldown_seconds
@@ -116,6 +118,7 @@ class ReplyFlow:
             user_cooldown_seconds=settings.user_cooldown_seconds,
             conversation_cooldown_seconds=settings.conversation_cooldown(platform),
             typing_interval=typing_interval,
+            commands_per_minute=settings.commands_per_minute,
         )
 
     @contextlib.contextmanager
@@ -134,6 +137,11 @@ class ReplyFlow:
             yield True
         finally:
             self._in_flight.discard(task)
+
+    def command_allowed(self, author_id: str) -> RateDecision:
+        """Whether a command or button tap of this user is taken (PERSONABOT_COMMANDS_PER_
+        MINUTE); a refusal's ``notice``, once per streak, is for the user."""
+        return self._commands.check(author_id)
 
     async def answers_everything(self, conversation: ConversationRef) -> bool:
         """Whether every message in a group conversation is answered (/chat always); on a

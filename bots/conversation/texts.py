@@ -143,3 +143,7 @@ def error_text(error: PersonabotError) -> str:
     """What chat users see of an error: its own text, except storage details, which go to
     the log only (they name the database file or server)."""
     return STORAGE_UNAVAILABLE if isinstance(error, StorageError) else str(error)
+
+
+SLOW_DOWN = "Too many at once; please wait a moment."
+"""The short answer to a refused button tap after the first (which says how long)."""

@@ -191,6 +191,14 @@ class ConversationCommands(commands.Cog):
         self.admin_only = admin_only
         """PERSONABOT_ADMIN_ONLY: changing a server's conversations needs a permission."""
 
+    async def interaction_check(self, interaction: Interaction) -> bool:
+        """Every command of this Cog first spends from the user's command budget
+        (PERSONABOT_COMMANDS_PER_MINUTE); past it, a private note instead of the command."""
+        decision = self._flow.command_allowed(str(interaction.user.id))
+        if not decision.allowed:
+            raise Refused(decision.notice or texts.SLOW_DOWN)
+        return True
+
     async def _announce(self, interaction: Interaction, text: str) -> None:
         """Answer for everyone in the channel: that is now the bot's last message there."""
         self._flow.spoke(_here(interaction))

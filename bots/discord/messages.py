@@ -144,7 +144,9 @@ class DiscordMessages:
         delivery = ChannelDelivery.answering(message, stream=self._stream)
         text = readable_text(message, me)
         if not text:
-            await delivery.send(texts.what_to_say(f"@{me.display_name}"))
+            # A hint costs a send: bare mentions spend from the command budget.
+            if self._flow.command_allowed(str(message.author.id)).allowed:
+                await delivery.send(texts.what_to_say(f"@{me.display_name}"))
             return
         await self._flow.answer(conversation, author_of(message.author), text, delivery)
 

@@ -82,23 +82,6 @@ def _argument(message: Message) -> str:
 Handler = Callable[[Update, Context], Coroutine[Any, Any, None]]
 
 
-def _answering_errors(handler: Handler) -> Handler:
-    """A command handler that answers a PersonabotError (a database outage, a bad argument)
-    with its text for chat users, instead of leaving the user without an answer and the
-    log with a traceback."""
-
-    @functools.wraps(handler)
-    async def answering(update: Update, context: Context) -> None:
-        try:
-            await handler(update, context)
-        except PersonabotError as exc:
-            log.warning("Telegram command failed: %s", exc)
-            if (origin := _origin(update)) is not None:
-                await say(context.bot, origin[1], texts.error_text(exc), origin[0])
-
-    return answering
-
-
 def _origin(update: Update) -> tuple[Message, Place] | None:
     message = update.message
     return None if message is None else (message, place_of(message))
@@ -138,10 +121,14 @@ class TelegramCommands:
             "chat": self.chat,
         }
         for name, callback in commands.items():
-            application.add_handler(CommandHandler(name, _answering_errors(callback)))
-        application.add_handler(CallbackQueryHandler(self.persona_button, pattern=r"^persona:"))
-        application.add_handler(CallbackQueryHandler(self.persona_page, pattern=r"^personas-page:"))
-        application.add_handler(CallbackQueryHandler(self.length_button, pattern=r"^length:"))
+            application.add_handler(CommandHandler(name, self._guarded(callback)))
+        buttons = {
+            r"^persona:": self.persona_button,
+            r"^personas-page:": self.persona_page,
+            r"^length:": self.length_button,
+        }
+        for pattern, callback in buttons.items():
+            application.add_handler(CallbackQueryHandler(self._limited_taps(callback), pattern))
         application.add_handler(MessageHandler(filters.COMMAND, self.unknown_command))
         application.add_handler(
             MessageHandler(
@@ -149,6 +136,49 @@ class TelegramCommands:
             )
         )
         application.add_error_handler(self.error)
+
+    def _guarded(self, handler: Handler) -> Handler:
+        """A command handler behind the user's command budget, answering a PersonabotError
+        (a database outage, a bad argument) with its text for chat users instead of leaving
+        them without an answer and the log with a traceback."""
+
+        @functools.wraps(handler)
+        async def guarded(update: Update, context: Context) -> None:
+            if (speaker := _speaker(update)) is None:
+                return
+            message, place, author = speaker
+            decision = self._flow.command_allowed(author.id)
+            if not decision.allowed:
+                if decision.notice is not None:
+                    await say(context.bot, place, decision.notice, message)
+                return
+            try:
+                await handler(update, context)
+            except PersonabotError as exc:
+                log.warning("Telegram command failed: %s", exc)
+                await say(context.bot, place, texts.error_text(exc), message)
+
+        return guarded
+
+    def _limited_taps(self, handler: Handler) -> Handler:
+        """A button handler behind the user's command budget: a tap may ask Telegram who is
+        an admin, and tapping fast must not turn into a flood of such requests."""
+
+        @functools.wraps(handler)
+        async def limited(update: Update, context: Context) -> None:
+            query = update.callback_query
+            if query is None:
+                return
+            decision = self._flow.command_allowed(str(query.from_user.id))
+            if decision.allowed:
+                await handler(update, context)
+                return
+            try:
+                await query.answer(decision.notice or texts.SLOW_DOWN)
+            except TelegramError as exc:
+                log.debug("Could not answer a button tap: %s", exc)
+
+        return limited
 
     async def _say(
         self,
