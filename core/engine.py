@@ -545,6 +545,24 @@ class Engine:
         log_event("forget", conversation=scope, deleted=removed)
         return removed
 
+    async def move(self, old: ConversationRef, new: ConversationRef) -> bool:
+        """A platform gave a conversation a new id (a Telegram group became a supergroup):
+        its persona, length, answer mode, history and its community's own personas follow.
+        Waits for replies being written in it first. False when ``old`` was never used."""
+        turn = self._turns.join(old.key())
+        try:
+            await turn.wait()
+            moved = await self._store.move_conversation(old, new)
+            if old.scope != new.scope:
+                await self._store.move_scope(old.scope, new.scope)
+                self._personas.move_scope(old.scope, new.scope)
+        finally:
+            turn.finish()
+        self._always_answer.pop(old.key(), None)
+        self._always_answer.pop(new.key(), None)
+        log_event("move", conversation=old.key(), to=new.key(), moved=moved)
+        return moved
+
     async def purge_expired(self) -> int:
         """Delete history older than PERSONABOT_HISTORY_RETENTION_DAYS; returns how many."""
         days = self._settings.history_retention_days

@@ -466,6 +466,16 @@ class PersonaCatalog:
         """Let ``scope`` use the private (adapter) persona ``name``."""
         self._grants.setdefault(_key(name), set()).add(scope)
 
+    def move_scope(self, old: str, new: str) -> None:
+        """``old``'s own personas and grants now belong to ``new``."""
+        moved = self._scoped.pop(old, {})
+        if moved:
+            self._scoped[new] = {**moved, **self._scoped.get(new, {})}
+        for granted in self._grants.values():
+            if old in granted:
+                granted.discard(old)
+                granted.add(new)
+
     def grants(self, name: str) -> list[str]:
         return sorted(self._grants.get(_key(name), set()))
 

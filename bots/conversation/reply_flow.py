@@ -196,6 +196,12 @@ class ReplyFlow:
 
         return await self._deliver(conversation, author, delivery, write, retrying=True)
 
+    async def moved(self, old: ConversationRef, new: ConversationRef) -> bool:
+        """The platform renamed a conversation: the engine moves it; a /retry edit target
+        is no longer valid."""
+        self._last_replies.pop(old.key(), None)
+        return await self._engine.move(old, new)
+
     def spoke(self, conversation: ConversationRef) -> None:
         """The bot posted something else here (a command's answer): the last reply is no
         longer its last message, so a /retry sends its new reply as a new message."""

@@ -129,6 +129,7 @@ class TelegramCommands:
         }
         for pattern, callback in buttons.items():
             application.add_handler(CallbackQueryHandler(self._limited_taps(callback), pattern))
+        application.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, messages.migrated))
         application.add_handler(MessageHandler(filters.COMMAND, self.unknown_command))
         application.add_handler(
             MessageHandler(

@@ -123,6 +123,24 @@ class TelegramMessages:
             delivery = ChatDelivery(context.bot, place, message, streaming=self._streaming)
             await self._flow.answer(place.conversation, author, text, delivery)
 
+    async def migrated(self, update: Update, context: Context) -> None:
+        """A group became a supergroup, which has a new chat id: its conversation (persona,
+        length, history) and its own personas move with it. Telegram says so in both chats;
+        the second notice finds nothing left to move."""
+        message = update.message
+        if message is None:
+            return
+        if message.migrate_to_chat_id is not None:
+            old, new = message.chat.id, message.migrate_to_chat_id
+        elif message.migrate_from_chat_id is not None:
+            old, new = message.migrate_from_chat_id, message.chat.id
+        else:
+            return
+        source = Place(old, ChatType.GROUP, None).conversation
+        target = Place(new, ChatType.SUPERGROUP, None).conversation
+        if await self._flow.moved(source, target):
+            log.info("Telegram group %s is now supergroup %s; its conversation moved.", old, new)
+
 
 class ChatDelivery:
     """Answers one message in its chat (and forum topic)."""

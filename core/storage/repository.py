@@ -144,6 +144,55 @@ class ConversationStore:
 
         await self._run(action, attempt)
 
+    async def move_conversation(self, old: ConversationRef, new: ConversationRef) -> bool:
+        """Give ``old``'s conversation (settings and history) the id ``new``: a platform
+        changed a chat's id. When ``new`` already has a conversation (a message arrived
+        there first), ``old``'s history joins it and ``old``'s settings win. False when
+        ``old`` was never used (or was moved already)."""
+
+        def lookup(ref: ConversationRef) -> Any:
+            return select(Conversation).where(
+                Conversation.platform == ref.platform, Conversation.channel_id == ref.channel_id
+            )
+
+        async def attempt() -> bool:
+            async with self._db.transaction() as session:
+                source = await session.scalar(lookup(old))
+                if source is None:
+                    return False
+                target = await session.scalar(lookup(new))
+                if target is None:
+                    source.channel_id = new.channel_id
+                    source.updated_at = utcnow()
+                    return True
+                await session.execute(
+                    update(Message)
+                    .where(Message.conversation_id == source.id)
+                    .values(conversation_id=target.id)
+                )
+                target.persona = source.persona
+                target.length_preset = source.length_preset
+                target.always_answer = source.always_answer
+                target.updated_at = utcnow()
+                await session.delete(source)
+            return True
+
+        return await self._run("move the conversation", attempt)
+
+    async def move_scope(self, old: str, new: str) -> None:
+        """Hand ``old``'s own personas and grants to ``new`` (a chat's id changed)."""
+
+        async def attempt() -> None:
+            async with self._db.transaction() as session:
+                await session.execute(
+                    update(StoredPersona).where(StoredPersona.scope == old).values(scope=new)
+                )
+                await session.execute(
+                    update(PersonaGrant).where(PersonaGrant.scope == old).values(scope=new)
+                )
+
+        await self._run("move the personas", attempt)
+
     # -- messages -----------------------------------------------------------------------------
 
     async def add_message(
