@@ -171,9 +171,10 @@ def publish(
     key = name.strip().lower()
 
     async def _publish() -> int:
+        from core.bootstrap import load_personas
+
         async with open_store(settings) as store:
-            taken = {n for where, n, _ in await store.list_personas() if where == GLOBAL}
-            if key in taken:
+            if (await load_personas(settings, store)).is_global_name(key):
                 typer.echo(f"personabot: a global persona {key!r} exists already.", err=True)
                 return 2
             if not await store.publish_persona(key, scope):

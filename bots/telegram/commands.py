@@ -407,51 +407,51 @@ class TelegramCommands:
     # -- buttons ------------------------------------------------------------------------------
 
     async def persona_button(self, update: Update, context: Context) -> None:
-        query = update.callback_query
-        if query is None or query.data is None:
-            return
-        chosen = query.data.removeprefix(_PERSONA_DATA)
-        place = _button_place(update)
         try:
-            if place is None:
-                await query.answer("This keyboard is too old; send /persona again.")
+            if (tap := await self._admin_tap(update, context, "/persona", "persona")) is None:
                 return
-            if not await self._may_configure(context.bot, place, query.from_user, None):
-                await query.answer(texts.only_admins("change the persona"), show_alert=True)
-                return
+            query, place, data = tap
             try:
-                persona = await self._engine.set_persona(place.conversation, chosen)
+                persona = await self._engine.set_persona(place.conversation, data)
             except PersonabotError as exc:
                 await query.answer(texts.error_text(exc)[:200], show_alert=True)
                 return
             await query.answer(f"Persona set to {persona.display_name}.")
             await _replace_keyboard(context.bot, query, place, texts.persona_set(persona))
         except TelegramError as exc:
-            log.warning("Persona button in %s: %s", place, exc)
+            log.warning("Persona button in %s: %s", _button_place(update), exc)
 
     async def length_button(self, update: Update, context: Context) -> None:
-        query = update.callback_query
-        if query is None or query.data is None:
-            return
-        place = _button_place(update)
         try:
-            if place is None:
-                await query.answer("This keyboard is too old; send /length again.")
+            if (tap := await self._admin_tap(update, context, "/length", "reply length")) is None:
                 return
-            if not await self._may_configure(context.bot, place, query.from_user, None):
-                await query.answer(texts.only_admins("change the reply length"), show_alert=True)
-                return
+            query, place, data = tap
             try:
-                preset = await self._engine.set_length(
-                    place.conversation, query.data.removeprefix(_LENGTH_DATA)
-                )
+                preset = await self._engine.set_length(place.conversation, data)
             except ValueError as exc:
                 await query.answer(str(exc)[:200], show_alert=True)
                 return
             await query.answer(texts.length_set(preset))
             await _replace_keyboard(context.bot, query, place, texts.length_set(preset))
         except TelegramError as exc:
-            log.warning("Length button in %s: %s", place, exc)
+            log.warning("Length button in %s: %s", _button_place(update), exc)
+
+    async def _admin_tap(
+        self, update: Update, context: Context, command: str, what: str
+    ) -> tuple[CallbackQuery, Place, str] | None:
+        """A tap on a keyboard that changes the chat: its query, chat and the chosen value
+        (after the prefix), when the tapper may change ``what`` here; else answered, None."""
+        query = update.callback_query
+        if query is None or query.data is None:
+            return None
+        place = _button_place(update)
+        if place is None:
+            await query.answer(f"This keyboard is too old; send {command} again.")
+            return None
+        if not await self._may_configure(context.bot, place, query.from_user, None):
+            await query.answer(texts.only_admins(f"change the {what}"), show_alert=True)
+            return None
+        return query, place, query.data.partition(":")[2]
 
     # -- errors -------------------------------------------------------------------------------
 
