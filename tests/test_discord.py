@@ -385,8 +385,8 @@ async def test_a_member_cannot_create_or_delete_personas_and_an_admin_can(
     dm = fake.dm_channel(bob(fake))
     listed = await fake.answer(await fake.slash(bob(fake), dm, "persona", "list"))
     assert "chef" not in listed["content"] and "pirate" in listed["content"]
-    refused = await fake.answer(await fake.slash(bob(fake), dm, "persona", "set", name="chef"))
-    assert refused["content"].startswith("Unknown persona 'chef'")
+    unusable = await fake.answer(await fake.slash(bob(fake), dm, "persona", "set", name="chef"))
+    assert unusable["content"].startswith("Unknown persona 'chef'")
     assert "chef" not in {p.name for p in engine.personas(here(dm, dm_with=BOB_ID))}
 
     again = await fake.slash(alice(fake), GENERAL, "persona", "create")
