@@ -24,6 +24,7 @@ from core.errors import (
 from core.generation.base import Generator
 from core.generation.profiles import prompt_budget
 from core.mood import MoodDetector
+from core.mood_trend import MoodTrend
 from core.observability import Metrics, log_event
 from core.ordering import TurnQueue
 from core.personas import GLOBAL, Persona, PersonaCatalog
@@ -267,6 +268,9 @@ class Engine:
             reply_text, generation_seconds = await self._write_reply(
                 state, persona, prompt, params, history, user_message, on_partial
             )
+            reply_text = await self._with_support_text(
+                state, history, user_message, mood, reply_text
+            )
             reply_message = await self._store.add_reply(
                 state.id,
                 author=Author(id="personabot", display_name=persona.display_name),
@@ -343,6 +347,27 @@ class Engine:
             turn.finish()
         log_event("retry", conversation=conversation.key(), reply_message=reply_id)
         return _reply(reply_text, mood, persona, question.id, reply_id, prompt, generation_seconds)
+
+    async def _with_support_text(
+        self,
+        state: ConversationState,
+        history: Sequence[StoredMessage],
+        current: StoredMessage,
+        mood: MoodResult,
+        text: str,
+    ) -> str:
+        """The reply with PERSONABOT_SUPPORT_TEXT after it, for someone sad or afraid past
+        PERSONABOT_CARE_AFTER_MESSAGES: once a day per conversation, so it helps without
+        nagging."""
+        support, after = self._settings.support_text, self._settings.care_after_messages
+        if not support or not after:
+            return text
+        if MoodTrend.of_author(history, current.author_id, mood).distress_run < after:
+            return text
+        since = datetime.now(UTC) - timedelta(days=1)
+        if await self._store.replied_with(state.id, support, since=since):
+            return text
+        return f"{text}\n\n{support}"
 
     async def _write_reply(
         self,
@@ -757,6 +782,7 @@ class Engine:
             history=history,
             current=current,
             max_new_tokens=persona.sampling(state.length).max_new_tokens,
+            care_after=self._settings.care_after_messages,
         )
 
     def _sampling(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from core.mood_trend import HEAVY, MoodTrend
 from core.personas import LENGTH_INSTRUCTIONS, Persona
 from core.text import defuse_special_tokens
 from core.types import ChatMessage, LengthPreset, Mood, MoodResult, StoredMessage
@@ -54,19 +55,50 @@ def normalise_turns(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
     return out
 
 
+#: Said to every persona, the pirate included, once a user has been sad or afraid for a
+#: while (PERSONABOT_CARE_AFTER_MESSAGES): care comes before character.
+CARE_FIRST = (
+    "This person has seemed sad or afraid for several messages now. Whatever your character, "
+    "answer supportively first: acknowledge how they feel, be warm and calm, do not joke "
+    "about it or brush it aside, and only then stay in character."
+)
+
+#: A heavy mood the recent messages lean to this much (the newest message weighs 1) colours
+#: the reply even when the newest message alone reads neutral.
+LEANING_FLOOR = 0.5
+
+
 def system_prompt(
-    persona: Persona, mood: MoodResult, length: LengthPreset, speaker_names: Sequence[str]
+    persona: Persona,
+    mood: MoodResult,
+    length: LengthPreset,
+    speaker_names: Sequence[str],
+    trend: MoodTrend | None = None,
+    care_after: int = 0,
 ) -> str:
-    """The persona's instructions plus what it should do about the user's mood right now."""
+    """The persona's instructions plus what it should do about the user's mood: right now,
+    over their last messages (``trend``), and, past ``care_after`` sad or afraid messages
+    in a row, caring before anything else."""
     parts = [persona.system_prompt.strip()]
     if len(speaker_names) > 1:
         parts.append(
             "Several people are talking in this chat; each of their messages starts with the "
             "speaker's name. Reply as yourself, without a name prefix."
         )
+    if care_after and trend is not None and trend.distress_run >= care_after:
+        parts.append(CARE_FIRST)
     if mood.mood is not Mood.NO_EMOTION and mood.confidence >= MOOD_CONFIDENCE_FLOOR:
         guidance = persona.mood_guidance(mood.mood) or ""
-        parts.append(f"The user seems to feel {mood.mood.value} right now. {guidance}".strip())
+        feeling = f"The user seems to feel {mood.mood.value} right now."
+        if trend is not None and trend.run_mood is mood.mood and trend.run_length > 1:
+            feeling = (
+                f"The user has seemed to feel {mood.mood.value} for their last "
+                f"{trend.run_length} messages, not only this one."
+            )
+        parts.append(f"{feeling} {guidance}".strip())
+    elif (leaning := _leaning(trend)) is not None:
+        guidance = persona.mood_guidance(leaning) or ""
+        parts.append(f"The user has seemed to feel {leaning.value} lately. {guidance}".strip())
     else:
         neutral = persona.mood_guidance(Mood.NO_EMOTION)
         if neutral:
@@ -74,6 +106,13 @@ def system_prompt(
     parts.append(LENGTH_INSTRUCTIONS[length])
     # A persona made with /persona create is user text too.
     return defuse_special_tokens("\n\n".join(parts))
+
+
+def _leaning(trend: MoodTrend | None) -> Mood | None:
+    """The heavy mood recent messages lean to, when the newest alone reads neutral."""
+    if trend is None or (leading := trend.leading) not in HEAVY:
+        return None
+    return leading if trend.weights[leading] >= LEANING_FLOOR else None
 
 
 def _as_chat(message: StoredMessage, multi_party: bool) -> ChatMessage:
@@ -109,11 +148,14 @@ class PromptBuilder:
         history: Sequence[StoredMessage],
         current: StoredMessage,
         max_new_tokens: int,
+        care_after: int = 0,
     ) -> Prompt:
         """``history`` is oldest first and excludes ``current``."""
         speakers = sorted({m.author_name for m in (*history, current) if m.role == "user"})
         multi_party = len(speakers) > 1
-        system = ChatMessage("system", system_prompt(persona, mood, length, speakers))
+        trend = MoodTrend.of_author(history, current.author_id, mood)
+        instructions = system_prompt(persona, mood, length, speakers, trend, care_after)
+        system = ChatMessage("system", instructions)
         now = _as_chat(current, multi_party)
         budget = self._budget - max_new_tokens
 

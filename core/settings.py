@@ -267,6 +267,19 @@ class Settings(BaseSettings):
         description="Most replies waiting for a place in the batch; beyond it a message is "
         "answered at once with 'busy, try again' instead of waiting.",
     )
+    care_after_messages: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="After this many sad or afraid messages in a row from one user, every "
+        "persona is told to answer supportively first (0 turns it off).",
+    )
+    support_text: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Text appended (once per conversation per day) to a reply to a user past "
+        "PERSONABOT_CARE_AFTER_MESSAGES, e.g. local support lines; unset: none.",
+    )
     max_waiting_per_conversation: int = Field(
         default=5,
         ge=1,

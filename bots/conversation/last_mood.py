@@ -1,17 +1,21 @@
-"""The mood of a user's last message in a conversation, as /mood shows it on every platform."""
+"""A user's mood in a conversation, as /mood shows it on every platform: the last message's,
+and the trend of their recent ones."""
 
 from __future__ import annotations
 
 from core.engine import Engine
-from core.types import ConversationRef, Mood
+from core.mood_trend import MoodTrend
+from core.types import ConversationRef
 
 LOOKBACK = 50
-"""Messages of the conversation searched for the user's last one."""
+"""Messages of the conversation read for the user's recent ones."""
 
 
-async def last_mood(engine: Engine, conversation: ConversationRef, author_id: str) -> Mood | None:
-    """The mood stored with ``author_id``'s latest message here, if any in the lookback."""
-    for stored in reversed(await engine.history(conversation, limit=LOOKBACK)):
-        if stored.role == "user" and stored.author_id == author_id:
-            return stored.mood
-    return None
+async def last_mood(
+    engine: Engine, conversation: ConversationRef, author_id: str
+) -> MoodTrend | None:
+    """The trend of ``author_id``'s messages here (its ``latest`` is the last message's
+    mood); None when they wrote nothing here within the lookback."""
+    history = await engine.history(conversation, limit=LOOKBACK)
+    trend = MoodTrend.of_author(history, author_id)
+    return trend if trend.latest is not None else None

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.errors import PersonabotError, StorageError
+from core.mood_trend import MoodTrend
 from core.personas import Persona
-from core.types import LengthPreset, Mood, MoodResult
+from core.types import LengthPreset, MoodResult
 
 APOLOGY = "Sorry, something went wrong on my side. Please try again in a moment."
 """Said when a reply or command fails in a way the user cannot fix."""
@@ -24,11 +25,18 @@ def mood_of_text(mood: MoodResult) -> str:
     return f"Mood: {mood_label(mood)}"
 
 
-def last_mood(mood: Mood | None, usage: str) -> str:
-    """The mood stored with the user's last message here; ``usage`` shows how to test text."""
-    if mood is None:
+def last_mood(trend: MoodTrend | None, usage: str) -> str:
+    """The mood of the user's last message here and of their recent ones; ``usage`` shows
+    how to test a sentence."""
+    if trend is None or trend.latest is None:
         return f"No message from you here yet. Use {usage} to test a sentence."
-    return f"Mood of your last message: {mood.value}"
+    text = f"Mood of your last message: {trend.latest.value}"
+    if trend.run_mood is not None and trend.run_length > 1:
+        return f"{text}. Your last {trend.run_length} messages all read {trend.run_mood.value}."
+    leading = trend.leading
+    if leading is not None and leading is not trend.latest:
+        return f"{text}. Lately, mostly: {leading.value}."
+    return text
 
 
 def persona_set(persona: Persona) -> str:

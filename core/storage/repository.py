@@ -334,6 +334,25 @@ class ConversationStore:
 
         return await self._run("store the new reply", attempt)
 
+    async def replied_with(self, conversation_id: int, text: str, *, since: datetime) -> bool:
+        """Whether a reply here since ``since`` contains ``text`` (a notice given once)."""
+        query = (
+            select(Message.id)
+            .where(
+                Message.conversation_id == conversation_id,
+                Message.role == "assistant",
+                Message.created_at >= since,
+                Message.text.contains(text, autoescape=True),
+            )
+            .limit(1)
+        )
+
+        async def attempt() -> bool:
+            async with self._db.session() as session:
+                return await session.scalar(query) is not None
+
+        return await self._run("read the conversation history", attempt)
+
     async def clear_history(self, conversation_id: int) -> int:
         """Delete the conversation's messages (not its settings); returns how many."""
 
