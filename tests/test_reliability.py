@@ -169,6 +169,7 @@ async def test_replies_ride_out_a_database_restart_and_nothing_is_lost(
         url,
         database_outage_seconds=120,
         database_retry_backoff_seconds=0.1,
+        max_waiting_per_conversation=10,  # ten messages a chat at once, all to be kept
     )
     chats = [ConversationRef("test", f"chat-{i}") for i in range(4)]
     sent = {chat: [f"{chat.channel_id} message {n}" for n in range(10)] for chat in chats}

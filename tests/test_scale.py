@@ -41,8 +41,14 @@ async def test_500_messages_in_50_conversations_are_each_answered_once_in_order(
 ) -> None:
     # Two tokens a reply and a short history: the prompt pass is most of the work, so 500
     # replies fit in a test run on a small CPU.
+    # Ten messages a conversation at once: more than PERSONABOT_MAX_WAITING_PER_CONVERSATION
+    # lets wait by default, which is raised here because this test is about order.
     settings = terse_settings(
-        make_settings, database_url=database_url, max_new_tokens=2, history_messages=2
+        make_settings,
+        database_url=database_url,
+        max_new_tokens=2,
+        history_messages=2,
+        max_waiting_per_conversation=10,
     )
     engine = await build_engine(settings, generator=SharedGenerator(offline_generator))
     chats = [ConversationRef("load", f"room-{i:02d}") for i in range(50)]
