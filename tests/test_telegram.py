@@ -39,7 +39,7 @@ from tests.fake_telegram import BOT_USERNAME, DROPPED, TOKEN, FakeBotAPI
 from tests.log_watch import LogWatch, watching
 from tests.polling import until
 from tests.postgres import PostgresServer
-from tests.support.running_bot import StartBot
+from tests.support.running_bot import RunningBot, StartBot
 from tests.support.telegram_helpers import (
     ALICE,
     BOB,
@@ -55,6 +55,19 @@ from tests.support.telegram_helpers import (
 def frontend_log() -> Iterator[LogWatch]:
     with watching("bots.telegram") as watch:
         yield watch
+
+
+async def stop_once_handled(bot: RunningBot, api: FakeBotAPI, last: JSON) -> None:
+    """Stop the bot once it has fetched ``last`` and handled every update it fetched.
+
+    Updates are handled concurrently, so the answer to a later message says nothing about
+    an earlier one. Stopping does: PTB's ``Application.stop()`` handles every fetched
+    update and waits for all handler tasks, so once the bot has stopped, whatever it would
+    ever have sent about those messages has been sent.
+    """
+    await api.wait_until_polled_past(last)
+    bot.stop.set()
+    await asyncio.wait_for(bot.task, 60)
 
 
 def telegram_spellings() -> list[tuple[str, str]]:
@@ -182,7 +195,8 @@ async def test_persona_keyboard_tap_switches_and_the_next_reply_uses_it(
 async def test_group_answers_mentions_and_replies_only_and_admins_reset(
     start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_telegram()).engine  # telegram_admin_only defaults to true
+    bot = await start_telegram()  # telegram_admin_only defaults to true
+    engine = bot.engine
     group = FakeBotAPI.group_chat(GROUP_ID)
     api.members[(GROUP_ID, ALICE["id"])] = "administrator"
     here = conversation(GROUP_ID)
@@ -236,8 +250,7 @@ async def test_group_answers_mentions_and_replies_only_and_admins_reset(
     # Commands for another bot, and unknown bare commands in groups, are not ours to answer.
     api.send(group, ALICE, "/persona@SomeOtherBot mentor")
     last = api.send(group, ALICE, "/weather")
-    await api.wait_until_polled_past(last)
-    await asyncio.sleep(0.2)
+    await stop_once_handled(bot, api, last)
     assert len(api.sent_to(GROUP_ID)) == 8
     assert (await engine.persona(here)).name == "bard"
 
@@ -245,7 +258,8 @@ async def test_group_answers_mentions_and_replies_only_and_admins_reset(
 async def test_a_busy_group_is_limited_per_chat_with_one_polite_notice(
     start_telegram: StartBot, api: FakeBotAPI
 ) -> None:
-    engine = (await start_telegram(telegram_chat_cooldown_seconds=600)).engine
+    bot = await start_telegram(telegram_chat_cooldown_seconds=600)
+    engine = bot.engine
     group = FakeBotAPI.group_chat(GROUP_ID)
     api.send(group, ALICE, "/length short")  # commands are never limited
     await answers(api, GROUP_ID, 1)
@@ -253,18 +267,18 @@ async def test_a_busy_group_is_limited_per_chat_with_one_polite_notice(
     api.send(group, BOB, f"@{BOT_USERNAME} Me too!")  # another person, the same chat
     last = api.send(group, BOB, f"@{BOT_USERNAME} Still me.")
     sent = await answers(api, GROUP_ID, 3)
-    await api.wait_until_polled_past(last)
-    await asyncio.sleep(0.3)
-    assert len(api.sent_to(GROUP_ID)) == 3  # one notice for the whole window, not one each
     notices = [m for m in sent if "skipped" in m["text"]]
     assert [m["text"].split(",")[0] for m in notices] == ["Lots of messages here at once"]
     history = await engine.history(conversation(GROUP_ID))
     assert [m.text for m in history if m.role == "user"] == ["Hello there!"]
     # Another chat has its own window.
     api.send(private(BOB), BOB, "/length short")
+    await answers(api, BOB["id"], 1)  # set before the message, which is then answered short
     api.send(private(BOB), BOB, "Hi in private.")
     (_, private_reply) = await answers(api, BOB["id"], 2)
     assert "skipped" not in private_reply["text"]
+    await stop_once_handled(bot, api, last)
+    assert len(api.sent_to(GROUP_ID)) == 3  # one notice for the whole window, not one each
 
 
 async def test_a_member_cannot_switch_the_persona_with_the_keyboard(
