@@ -8,7 +8,7 @@ through ``detect``, the previous utterance as context) and prints a JSON list, t
 markdown table for docs/benchmarks.md. A detector that cannot be built here (a missing
 optional package, NLTK data or trained artifact) is listed as unavailable with the reason
 rather than stopping the run. The TF-IDF baseline is trained on the fly from the training
-split (seeded, about a minute) unless ``--tfidf-model`` names a saved one, so the numbers
+split (seeded) unless ``--tfidf-model`` names a saved one, so the numbers
 never depend on a stale artifact.
 """
 

@@ -1,9 +1,10 @@
 """Storage under concurrency: what one store call costs alone and among N at once.
 
-Why: under load (``benchmarks.load``, 32 conversations) each reply spends about 0.3 s in the
-engine outside the generator, and almost all of it is the conversation store: a message
-costs the engine six store calls (the conversation twice, its messages twice, the message
+Why: under load (``benchmarks.load``, 32 conversations) a good part of each reply's time is
+spent in the engine outside the generator, and almost all of it is the conversation store: a
+message costs the engine several store calls (the conversation, its messages, the message
 and the reply stored), and conversations served in one batch make those calls together.
+Figures: docs/benchmarks.md#storage-under-concurrency.
 This times the store alone, on a SQLite file in a temporary folder, with no model: each
 call alone, then ``--concurrency`` conversations reading their state and history at once,
 then as many storing a message at once. Reports, as JSON, p50 and max per call and the

@@ -108,7 +108,8 @@ async def build_engine(settings: Settings, *, generator: Generator | None = None
     try:
         store = ConversationStore(database)
         personas = await load_personas(settings, store)
-        # Off the event loop: the classifier's first load exports it to ONNX (about 15 s).
+        # Off the event loop: the classifier's first load exports it to ONNX, which takes
+        # seconds (docs/benchmarks.md#mood-detection).
         mood_detector = await asyncio.to_thread(
             create_mood_detector, settings.mood_detector, cache_dir=settings.resolved_cache_dir
         )

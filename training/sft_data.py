@@ -560,8 +560,8 @@ class ChatFormatter:
     ) -> list[TokenizedExample]:
         """Encode many examples: templates rendered in parallel, tokenised in batches.
 
-        Rendering a chat template is pure Python (about 0.7 ms per example), so DailyDialog's
-        ~76k training turns take most of a minute on one core; forked workers share that
+        Rendering a chat template is pure Python and, over DailyDialog's ~76k training
+        turns, the slow part of encoding on one core; forked workers share that
         (``workers``; default: up to 8 for 10k examples or more). Batching the fast tokenizer
         over all texts at once is several times quicker than one call per example.
         """

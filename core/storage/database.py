@@ -222,9 +222,10 @@ class Database:
         """A session in a write transaction, committed on leaving (rolled back on error).
 
         On SQLite, one at a time in this process. SQLite lets one writer in at a time and
-        makes the others retry from its busy handler, which sleeps between tries (up to
-        100 ms each); with 32 conversations writing at once that sleeping was most of the
-        time a reply spent outside the model (docs/benchmarks.md). Queueing writers here
+        makes the others retry from its busy handler, which sleeps longer between tries
+        the longer it has waited; with a batch of conversations writing at once that sleeping
+        was most of the time a reply spent outside the model
+        (docs/benchmarks.md#storage-under-concurrency). Queueing writers here
         hands the lock straight from one to the next. (Other processes on the same file
         still meet the busy handler, as before.)
         """

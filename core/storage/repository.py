@@ -222,7 +222,7 @@ class ConversationStore:
                     return landed
             # A Core insert on a plain connection: every message and every reply is stored
             # this way, and under load a session's unit of work cost more than the insert
-            # (docs/benchmarks.md, "Storage under concurrency").
+            # (docs/benchmarks.md#storage-under-concurrency).
             table = Message.__table__
             insert_row = (
                 insert(Message)

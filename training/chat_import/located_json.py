@@ -3,8 +3,8 @@
 Why: Telegram and Discord exports are one big JSON document, and "message 4127 is malformed"
 is useless to someone opening it in an editor; "line 52 311" is not. The standard library's
 pure-Python scanner accepts a replacement for its object parser, which is told where each
-object starts; that is all this needs. It is slower than the C scanner (about a second for
-10 MB), which is nothing next to training.
+object starts; that is all this needs. It is slower than the C scanner, but reading even a
+large export this way costs nothing next to training.
 """
 
 from __future__ import annotations
