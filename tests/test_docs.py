@@ -64,3 +64,20 @@ def test_readme_command_table_is_the_one_the_code_makes() -> None:
     readme = (REPO / "README.md").read_text()
     shown = readme.split("<!-- commands:start -->\n", 1)[1].split("\n<!-- commands:end -->", 1)[0]
     assert shown == parity_table(), "run `python -m bots.conversation.commands` into README"
+
+
+def test_readme_is_short() -> None:
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines; move detail to docs/"
+
+
+def test_relative_links_point_to_files_that_exist() -> None:
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    link = re.compile(r"\]\(([^)\s]+)\)")
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code is not links
+        for target in link.findall(text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # another site, or a heading of the same page
+            path = (page.parent / target.split("#", 1)[0]).resolve()
+            assert path.exists(), f"{page.relative_to(REPO)} links to missing {target}"
