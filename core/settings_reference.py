@@ -184,7 +184,7 @@ the setting has no value unless you give it one, and its description says what h
 """
 
 _SETUP_INTRO = """\
-## Installation (`scripts/setup`)
+## Installation variables
 
 `scripts/setup` (run by `scripts/start` and `scripts/test`) reads these variables from the
 environment; they are not personabot settings and do not go in the TOML file.
