@@ -43,7 +43,8 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 class Settings(BaseSettings):
-    """Every knob personabot has. Field docs double as the README's configuration reference."""
+    """Every knob personabot has. Field descriptions are docs/configuration.md's reference
+    (``python -m core.settings_reference``), so they say what and why, never measurements."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -53,22 +54,30 @@ class Settings(BaseSettings):
     )
 
     config: Path | None = Field(
-        default=None, description="TOML file with any of these settings (flat keys)."
+        default=None,
+        description="TOML file with any of these settings, as flat keys named in lower case "
+        "without the prefix (e.g. model_profile); environment variables beat it.",
     )
     data_dir: Path = Field(
         default_factory=default_data_dir,
-        description="Where the SQLite database, converted models and adapters live.",
+        description="Where the SQLite database, model cache, adapters, datasets and the persona "
+        "folder live. Default: `$XDG_DATA_HOME/personabot` (`~/.local/share/personabot`), "
+        "outside the repository so that data survives re-cloning it.",
     )
     cache_dir: Path | None = Field(
         default=None,
-        description="Where converted model weights are cached (default: DATA_DIR/cache).",
+        description="Where converted model weights and the exported mood classifier are cached "
+        "(default: `DATA_DIR/cache`).",
     )
     database_url: str | None = Field(
         default=None,
-        description="Any SQLAlchemy async URL; default SQLite at DATA_DIR/personabot.db.",
+        description="Any SQLAlchemy async URL, e.g. `postgresql+asyncpg://...` (see "
+        "docs/operations.md#storage); default: SQLite at `DATA_DIR/personabot.db`.",
     )
     auto_migrate: bool = Field(
-        default=True, description="Upgrade the database schema at start-up when it is behind."
+        default=True,
+        description="Upgrade the database schema at start-up when it is behind; false refuses "
+        "to start on an old schema and says to run `personabot db upgrade`.",
     )
     database_connect_attempts: int = Field(
         default=5,
@@ -95,7 +104,7 @@ class Settings(BaseSettings):
         default=None,
         gt=0,
         description="Delete messages older than this many days, at start-up and hourly; "
-        "unset keeps history until /reset or /forget.",
+        "unset keeps history until /reset or /forget (see docs/privacy.md).",
     )
     shutdown_timeout_seconds: float = Field(
         default=30.0,
@@ -108,10 +117,13 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=65535,
-        description="Serve Prometheus metrics on this port at /metrics; unset: no endpoint.",
+        description="Serve Prometheus metrics on this port at `/metrics` (see "
+        "docs/operations.md#observability); unset: no endpoint.",
     )
     metrics_listen: str = Field(
-        default="127.0.0.1", description="Address the Prometheus metrics endpoint listens on."
+        default="127.0.0.1",
+        description="Address the Prometheus metrics endpoint listens on; `0.0.0.0` reaches it "
+        "from elsewhere, and as it has no authentication, only on a private network.",
     )
     model_profile: ModelProfileName = Field(
         default="auto",
@@ -124,49 +136,56 @@ class Settings(BaseSettings):
     )
     adapter_path: Path | None = Field(
         default=None,
-        description="LoRA adapter directory overriding the profile's default; 'none' serves "
-        "the base model without any adapter.",
+        description="LoRA adapter directory. Default: `DATA_DIR/adapters/<profile>-dailydialog` "
+        "if present, else the shipped `core/adapters/<profile>-dailydialog` (only with the "
+        "profile's own weights); 'none' serves the base model without any adapter.",
     )
     load_in_4bit: bool | None = Field(
         default=None,
         description="Force bitsandbytes NF4 on or off (default: the profile's choice); "
-        "an older spelling of quantization='nf4' / 'none'.",
+        "an older spelling of quantization='nf4' / 'none'; contradicting "
+        "PERSONABOT_QUANTIZATION stops start-up.",
     )
     quantization: QuantizationName = Field(
         default="auto",
-        description="Weight format: 'nf4' (bitsandbytes 4-bit), 'int4' (torchao 4-bit on "
-        "tinygemm, CUDA only), 'gemlite' (4-bit on GemLite's Triton kernels, CUDA only, one "
-        "merged adapter), 'none' (bf16 on a GPU) or 'auto': nf4 for mistral-7b, none for "
-        "smollm2-135m.",
+        description="Weight format: 'nf4' (bitsandbytes NF4 with double quantisation and "
+        "bf16 compute; GPU or CPU), 'int4' (torchao int4 weight-only on PyTorch's tinygemm "
+        "kernel: a CUDA GPU of compute capability 8.0+ and the gpu extra), 'gemlite' (4-bit "
+        "HQQ weights on GemLite's Triton kernels: the same GPUs and extra, one adapter merged "
+        "into the weights), 'none' (bf16 on a GPU, fp32 on a CPU) or 'auto': nf4 for "
+        "mistral-7b, none for smollm2-135m. How they compare: docs/gpu.md.",
     )
     nf4_kernel: Literal["triton", "bitsandbytes"] = Field(
         default="triton",
         description="Kernel for NF4 products of up to 64 rows (decode steps) on a CUDA GPU: "
         "'triton' (personabot's fused kernel: reads bitsandbytes' packed 4-bit weights once "
-        "instead of dequantising them to bf16 first, 1.7x faster over a 32-row decode step's "
-        "projections on an H200; tilings measured per GPU model in "
-        "core/generation/nf4_tiles.json, bitsandbytes kept where that table found it faster) "
-        "or 'bitsandbytes' (its own kernels throughout). Prompt passes and CPUs always use "
-        "bitsandbytes.",
+        "instead of dequantising them to bf16 first; tilings measured per GPU model in "
+        "`core/generation/nf4_tiles.json`; bitsandbytes is kept where Triton is missing and "
+        "where that table found bitsandbytes faster) or 'bitsandbytes' (its own kernels "
+        "throughout). Prompt passes and CPUs always use bitsandbytes. Figures: "
+        "docs/benchmarks.md#decode-speed-gpu.",
     )
     compile: bool | None = Field(
         default=None,
-        description="Decode on a static KV cache (one slot per conversation, sized by the "
-        "prompt budget) whose decode step is replayed as CUDA graphs; CUDA only. Default: on "
-        "on a GPU, off otherwise.",
+        description="Decode on a static KV cache (MAX_BATCH_SIZE slots of MAX_PROMPT_TOKENS "
+        "tokens, one per conversation, reserved at start-up) and replay each decode step as a "
+        "CUDA graph captured at start-up. Default: on on a GPU, off otherwise; true on a "
+        "machine without CUDA stops start-up.",
     )
     merge_adapter: bool | None = Field(
         default=None,
         description="Merge the LoRA adapter into the weights at load (before quantising). "
         "Default: on when one adapter serves every persona, off when personas have their "
-        "own adapters (they need the unmerged model).",
+        "own adapters (they need the unmerged model; true then stops start-up).",
     )
-    device: DeviceName = Field(default="auto", description="Where the model runs.")
+    device: DeviceName = Field(
+        default="auto", description="Where the model runs; 'auto' picks CUDA when available."
+    )
     generator_backend: GeneratorBackendName = Field(
         default="transformers",
         description="Which generation backend serves replies: 'transformers' (the model "
         "runs in this process) or 'openai' (an OpenAI-compatible server: vLLM, llama.cpp, "
-        "Ollama, TGI; see the OPENAI_* settings).",
+        "Ollama, TGI; see the OPENAI_* settings and docs/remote-generation.md).",
     )
     openai_base_url: str = Field(
         default="http://127.0.0.1:8000/v1",
@@ -175,7 +194,8 @@ class Settings(BaseSettings):
     )
     openai_model: str | None = Field(
         default=None,
-        description="Model name to ask the server for; default: the first model it lists.",
+        description="Model name to ask the server for; default: the first model it lists. "
+        "Start-up fails, listing the served names, if the server does not serve it.",
     )
     openai_lora: str | None = Field(
         default=None,
@@ -184,7 +204,8 @@ class Settings(BaseSettings):
     )
     openai_api_key: SecretStr | None = Field(
         default=None,
-        description="API key sent as a Bearer token (vLLM --api-key, llama.cpp --api-key).",
+        description="API key sent as a Bearer token (vLLM --api-key, llama.cpp --api-key); "
+        "masked in `personabot config` and in every log line.",
     )
     openai_timeout_seconds: float = Field(
         default=60.0,
@@ -197,14 +218,14 @@ class Settings(BaseSettings):
         default=2,
         ge=0,
         le=20,
-        description="Retries, with a doubling pause from 0.5 s, when the server cannot be "
-        "reached or answers 429/503 before the reply starts.",
+        description="Retries, with a doubling pause from 0.5 s (or the server's Retry-After), "
+        "when the server cannot be reached or answers 429/503 before the reply starts.",
     )
     openai_tokenizer: str | None = Field(
         default=None,
         description="Tokenizer (local directory or Hub id) of the served model, to count "
         "prompt tokens exactly; default: the profile's tokenizer when MODEL_PROFILE names "
-        "one, else a conservative estimate.",
+        "one, else an estimate (3 bytes a token) that errs high.",
     )
     openai_context_window: int | None = Field(
         default=None,
@@ -215,24 +236,31 @@ class Settings(BaseSettings):
     mood_detector: MoodDetectorName = Field(
         default="classifier",
         description="Which mood detector classifies user messages: 'classifier' (the "
-        "trained MiniLM model), 'lexicon', 'tfidf' or 'text2emotion' (optional extra).",
+        "trained MiniLM model, see `core/mood_model/MODEL_CARD.md`), 'lexicon', 'tfidf' or "
+        "'text2emotion' (optional extra); see docs/personas-and-moods.md#mood-detection.",
     )
     persona_dir: Path | None = Field(
         default=None,
-        description="Folder of extra persona TOML files (default: DATA_DIR/personas).",
+        description="Folder of extra persona TOML files (default: `DATA_DIR/personas`).",
     )
     default_persona: str = Field(
         default="friend", description="Persona a new conversation starts with."
     )
     max_message_chars: int = Field(
-        default=8000, ge=1, le=1_000_000, description="Longest user message accepted."
+        default=8000,
+        ge=1,
+        le=1_000_000,
+        description="Longest user message accepted (characters); a longer one is refused "
+        "with a clear answer and not stored.",
     )
     max_user_personas: int = Field(
         default=100,
         ge=0,
         le=10_000,
-        description="Most personas users may create (Discord /persona create, the persona "
-        "command); 0 allows none. Each persona's own fields are length-limited too.",
+        description="Most personas each community (a Discord server or DM, a Telegram chat) "
+        "may create with /persona create; 0 allows none. Each persona's fields are limited "
+        "too: display name 64 characters, description 200 (one line), instructions 2,000, "
+        "each mood response 400.",
     )
     history_messages: int = Field(
         default=200, ge=0, le=10_000, description="Most stored messages considered per reply."
@@ -251,7 +279,8 @@ class Settings(BaseSettings):
         le=512,
         description="Most replies the local model writes at once in one batch (continuous "
         "batching: a new request joins the running batch at the next token); 1 writes one "
-        "reply at a time.",
+        "reply at a time. Key/value cache memory grows with it (see "
+        "docs/gpu.md#many-conversations-at-once).",
     )
     batch_window_ms: float = Field(
         default=10.0,
@@ -290,15 +319,20 @@ class Settings(BaseSettings):
         "late.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="WARNING", description="Logging threshold for messages on standard error."
+        default="WARNING",
+        description="Logging threshold for messages on standard error; INFO adds one line "
+        "per answered message (see docs/operations.md#observability); DEBUG logs SQL with "
+        "message text, so not in production.",
     )
     discord_token: SecretStr | None = Field(
         default=None,
-        description="Discord bot token; set it to start the Discord frontend.",
+        description="Discord bot token; set it to start the Discord frontend (see "
+        "docs/discord.md).",
     )
     telegram_token: SecretStr | None = Field(
         default=None,
-        description="Telegram bot token; set it to start the Telegram frontend.",
+        description="Telegram bot token; set it to start the Telegram frontend (see "
+        "docs/telegram.md).",
     )
     telegram_api_url: str = Field(
         default="https://api.telegram.org/bot",
@@ -308,7 +342,8 @@ class Settings(BaseSettings):
     telegram_webhook_url: str | None = Field(
         default=None,
         description="Public HTTPS URL Telegram should POST updates to; set it to use a "
-        "webhook instead of long polling. Its path is the path served locally.",
+        "webhook instead of long polling (see docs/telegram.md#webhook-instead-of-long-polling"
+        "). Its path is the path served locally.",
     )
     telegram_webhook_listen: str = Field(
         default="0.0.0.0",
@@ -328,13 +363,16 @@ class Settings(BaseSettings):
         ge=0,
         le=10_000,
         description="Most commands and button taps one user may send per minute on chat "
-        "platforms; past it they are ignored, with one notice (0 turns the limit off).",
+        "platforms (a bare mention's hint counts too); past it they are ignored, with one "
+        "notice (on Discord a private note); 0 turns the limit off.",
     )
     admin_only: bool = Field(
         default=True,
         description="In Discord servers and Telegram groups, only admins may change the "
-        "conversation (persona, reply length, answer mode, /reset, making and deleting "
-        "personas); false lets everyone. In private chats the user always decides.",
+        "conversation (persona, reply length, /chat, /reset, /persona create and delete, "
+        "/retry of someone else's reply; Discord: Manage Server, Manage Messages for /reset "
+        "and /retry; Telegram: the group's admins); false lets everyone. In private chats the "
+        "user always decides.",
     )
     telegram_admin_only: bool | None = Field(
         default=None,
@@ -361,13 +399,15 @@ class Settings(BaseSettings):
     discord_guild_ids: tuple[int, ...] = Field(
         default=(),
         description="Servers (guild ids, comma-separated) to register the slash commands in, "
-        "where they appear at once; empty: register them globally, for every server and DMs.",
+        "where they appear at once (DMs then have none); empty: register them globally, for "
+        "every server and DMs.",
     )
     stream_replies: bool = Field(
         default=False,
         description="Show a reply while the model writes it: on Discord by editing the "
-        "message, on Telegram as a draft in private chats and an edited message in groups "
-        "(each throttled to the platform's rate limits).",
+        "message (at most every 1.5 s), on Telegram as a draft in private chats (at most "
+        "every 1 s) and an edited message in groups (at most every 3 s), each throttled to "
+        "the platform's rate limits.",
     )
     discord_stream_replies: bool | None = Field(
         default=None,
