@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from bots.conversation.commands import parity_table
 from core.settings import Settings, env_name
@@ -71,13 +72,34 @@ def test_readme_is_short() -> None:
     assert len(lines) <= 300, f"README.md has {len(lines)} lines; move detail to docs/"
 
 
-def test_relative_links_point_to_files_that_exist() -> None:
+def _headings(page: Path) -> set[str]:
+    """The anchors GitHub makes for a page's headings (lower case, punctuation dropped)."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#+ (.+)$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        repeat = sum(1 for anchor in anchors if re.fullmatch(rf"{re.escape(slug)}(-\d+)?", anchor))
+        anchors.add(f"{slug}-{repeat}" if repeat else slug)
+    return anchors
+
+
+def test_relative_links_point_to_files_and_headings_that_exist() -> None:
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     link = re.compile(r"\]\(([^)\s]+)\)")
     for page in pages:
         text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code is not links
         for target in link.findall(text):
-            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
-                continue  # another site, or a heading of the same page
-            path = (page.parent / target.split("#", 1)[0]).resolve()
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):
+                continue  # another site
+            file, _, anchor = target.partition("#")
+            path = (page.parent / file).resolve() if file else page
             assert path.exists(), f"{page.relative_to(REPO)} links to missing {target}"
+            if anchor and path.suffix == ".md":
+                assert anchor in _headings(path), f"{page.relative_to(REPO)}: no heading {target}"
+
+
+def test_code_links_to_headings_that_exist() -> None:
+    for module in sorted(REPO.glob("[bct]*/**/*.py")):
+        for page, anchor in re.findall(r"docs/([\w-]+\.md)#([\w-]+)", module.read_text()):
+            where = f"{module.relative_to(REPO)} links to docs/{page}#{anchor}"
+            assert anchor in _headings(REPO / "docs" / page), where
