@@ -25,7 +25,8 @@ from bots.conversation import texts
 from bots.conversation.commands import commands_on
 from bots.runner import plan_frontends
 from bots.telegram import run_telegram
-from bots.telegram.commands import COMMANDS, PAGE_SIZE
+from bots.telegram.commands import COMMANDS
+from bots.telegram.keyboards import PAGE_SIZE
 from bots.telegram.sending import send_text
 from core.bootstrap import build_engine
 from core.engine import Engine

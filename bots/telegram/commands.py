@@ -1,4 +1,4 @@
-"""The Telegram commands, their inline keyboards and the last-resort error handler.
+"""The Telegram commands, their keyboards' taps and the last-resort error handler.
 
 Each command is one small PTB handler that reads its arguments from the rest of the line,
 calls the engine and answers in the chat; the words come from :mod:`bots.conversation`.
@@ -14,17 +14,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from telegram import (
-    Bot,
-    CallbackQuery,
-    Chat,
-    InlineKeyboardButton,
-    InlineKeyboardMarkup,
-    Message,
-    Update,
-    User,
-)
-from telegram.constants import ChatMemberStatus
+from telegram import Bot, CallbackQuery, InlineKeyboardMarkup, Message, Update, User
 from telegram.error import TelegramError
 from telegram.ext import (
     Application,
@@ -45,11 +35,21 @@ from bots.conversation.persona_editing import (
     persona_action,
 )
 from bots.conversation.reply_flow import ReplyFlow
+from bots.telegram.admins import is_admin
+from bots.telegram.keyboards import (
+    LENGTH_DATA,
+    PAGE_DATA,
+    PERSONA_DATA,
+    button_place,
+    length_keyboard,
+    persona_keyboard,
+    replace_keyboard,
+)
 from bots.telegram.messages import ChatDelivery, TelegramMessages, author_of_message, place_of
-from bots.telegram.sending import Place, edit_text, say
+from bots.telegram.sending import Place, say
 from core.engine import Engine
 from core.errors import PersonabotError
-from core.types import Author, ConversationRef, LengthPreset
+from core.types import Author
 
 __all__ = ["COMMANDS", "TelegramCommands"]
 
@@ -61,13 +61,6 @@ START = ("start", "Say hello and explain how to talk to me")
 
 #: Registered with setMyCommands, so Telegram clients offer them in the "/" menu.
 COMMANDS: tuple[tuple[str, str], ...] = (START, *menu("telegram"))
-
-_PERSONA_DATA = "persona:"
-_PAGE_DATA = "personas-page:"
-
-#: Personas per page of /persona's keyboard.
-PAGE_SIZE = 8
-_LENGTH_DATA = "length:"
 
 #: /chat's argument: how often the bot speaks in a group.
 _ANSWER_MODES = {"always": True, "mention": False, "mentions": False}
@@ -123,9 +116,9 @@ class TelegramCommands:
         for name, callback in commands.items():
             application.add_handler(CommandHandler(name, self._guarded(callback)))
         buttons = {
-            r"^persona:": self.persona_button,
-            r"^personas-page:": self.persona_page,
-            r"^length:": self.length_button,
+            f"^{PERSONA_DATA}": self.persona_button,
+            f"^{PAGE_DATA}": self.persona_page,
+            f"^{LENGTH_DATA}": self.length_button,
         }
         for pattern, callback in buttons.items():
             application.add_handler(CallbackQueryHandler(self._limited_taps(callback), pattern))
@@ -230,7 +223,7 @@ class TelegramCommands:
         if not name:
             current = await self._engine.persona(place.conversation)
             text = f"{texts.current_persona(current)}\nTap one to switch:"
-            markup = self._persona_keyboard(place.conversation, current.name)
+            markup = persona_keyboard(self._engine.personas(place.conversation), current.name)
             await self._say(context.bot, place, text, message, markup=markup)
             return
         if not await self._may_configure(context.bot, place, message.from_user, message):
@@ -355,7 +348,7 @@ class TelegramCommands:
                 place,
                 f"{texts.reply_length(current)} Tap one to change it:",
                 message,
-                markup=self._length_keyboard(current),
+                markup=length_keyboard(current),
             )
             return
         if not await self._may_configure(context.bot, place, message.from_user, message):
@@ -417,9 +410,9 @@ class TelegramCommands:
                 await query.answer(texts.error_text(exc)[:200], show_alert=True)
                 return
             await query.answer(f"Persona set to {persona.display_name}.")
-            await _replace_keyboard(context.bot, query, place, texts.persona_set(persona))
+            await replace_keyboard(context.bot, query, place, texts.persona_set(persona))
         except TelegramError as exc:
-            log.warning("Persona button in %s: %s", _button_place(update), exc)
+            log.warning("Persona button in %s: %s", button_place(update), exc)
 
     async def length_button(self, update: Update, context: Context) -> None:
         try:
@@ -432,9 +425,9 @@ class TelegramCommands:
                 await query.answer(str(exc)[:200], show_alert=True)
                 return
             await query.answer(texts.length_set(preset))
-            await _replace_keyboard(context.bot, query, place, texts.length_set(preset))
+            await replace_keyboard(context.bot, query, place, texts.length_set(preset))
         except TelegramError as exc:
-            log.warning("Length button in %s: %s", _button_place(update), exc)
+            log.warning("Length button in %s: %s", button_place(update), exc)
 
     async def _admin_tap(
         self, update: Update, context: Context, command: str, what: str
@@ -444,7 +437,7 @@ class TelegramCommands:
         query = update.callback_query
         if query is None or query.data is None:
             return None
-        place = _button_place(update)
+        place = button_place(update)
         if place is None:
             await query.answer(f"This keyboard is too old; send {command} again.")
             return None
@@ -467,93 +460,26 @@ class TelegramCommands:
         self, bot: Bot, place: Place, user: User | None, message: Message | None
     ) -> bool:
         """Whether this person may change what the whole group's conversation is like."""
-        if not place.is_group or not self._admin_only:
-            return True
-        sender_chat: Chat | None = None if message is None else message.sender_chat
-        if sender_chat is not None and sender_chat.id == place.chat_id:
-            return True  # an anonymous admin, posting as the group itself
-        if user is None:
-            return False
-        try:
-            member = await bot.get_chat_member(place.chat_id, user.id)
-        except TelegramError as exc:
-            log.warning("Cannot check admin rights in chat %s: %s", place.chat_id, exc)
-            return False
-        return member.status in (ChatMemberStatus.ADMINISTRATOR, ChatMemberStatus.OWNER)
-
-    def _persona_keyboard(
-        self, here: ConversationRef, current: str, page: int = 0
-    ) -> InlineKeyboardMarkup:
-        """The personas usable here, a button each, :data:`PAGE_SIZE` a page: Telegram
-        refuses keyboards past about a hundred buttons, and long ones are unreadable."""
-        personas = self._engine.personas(here)
-        pages = max(1, -(-len(personas) // PAGE_SIZE))
-        page = min(max(page, 0), pages - 1)
-        buttons = [
-            InlineKeyboardButton(
-                f"{'✓ ' if p.name == current else ''}{p.display_name}",
-                callback_data=f"{_PERSONA_DATA}{p.name}",
-            )
-            for p in personas[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
-        ]
-        rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
-        if pages > 1:
-            rows.append(
-                [
-                    InlineKeyboardButton("◀", callback_data=f"{_PAGE_DATA}{(page - 1) % pages}"),
-                    InlineKeyboardButton(
-                        f"{page + 1}/{pages}", callback_data=f"{_PAGE_DATA}{page}"
-                    ),
-                    InlineKeyboardButton("▶", callback_data=f"{_PAGE_DATA}{(page + 1) % pages}"),
-                ]
-            )
-        return InlineKeyboardMarkup(rows)
+        return not self._admin_only or await is_admin(bot, place, user, message)
 
     async def persona_page(self, update: Update, context: Context) -> None:
         """◀ and ▶ under /persona's keyboard: show another page of personas."""
         query = update.callback_query
         if query is None or query.data is None:
             return
-        place = _button_place(update)
+        place = button_place(update)
         try:
             if place is None:
                 await query.answer("This keyboard is too old; send /persona again.")
                 return
-            page = int(query.data.removeprefix(_PAGE_DATA) or 0)
+            page = int(query.data.removeprefix(PAGE_DATA) or 0)
             current = (await self._engine.persona(place.conversation)).name
             await query.answer()
             await query.edit_message_reply_markup(
-                self._persona_keyboard(place.conversation, current, page)
+                persona_keyboard(self._engine.personas(place.conversation), current, page)
             )
         except (TelegramError, ValueError) as exc:
             log.warning("Persona page button in %s: %s", place, exc)
-
-    @staticmethod
-    def _length_keyboard(current: LengthPreset) -> InlineKeyboardMarkup:
-        return InlineKeyboardMarkup(
-            [
-                [
-                    InlineKeyboardButton(
-                        f"{'✓ ' if p is current else ''}{p.value}",
-                        callback_data=f"{_LENGTH_DATA}{p.value}",
-                    )
-                    for p in LengthPreset
-                ]
-            ]
-        )
-
-
-async def _replace_keyboard(bot: Bot, query: CallbackQuery, place: Place, text: str) -> None:
-    """Replace a keyboard's message with what was chosen, as every sent text is formatted
-    (mentions neutralised)."""
-    if query.message is not None:
-        await edit_text(bot, place.chat_id, query.message.message_id, text)
-
-
-def _button_place(update: Update) -> Place | None:
-    query = update.callback_query
-    message = None if query is None else query.message
-    return place_of(message) if isinstance(message, Message) else None
 
 
 def help_text() -> str:
