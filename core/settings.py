@@ -145,7 +145,7 @@ class Settings(BaseSettings):
         "'triton' (personabot's fused kernel: reads bitsandbytes' packed 4-bit weights once "
         "instead of dequantising them to bf16 first, 1.7x faster over a 32-row decode step's "
         "projections on an H200; tilings measured per GPU model in "
-        "core/generation/nf4_tiles.json, bitsandbytes kept where that table found it faster) "
+        "core/generation/local/nf4_tiles.json, bitsandbytes kept where that table found it faster) "
         "or 'bitsandbytes' (its own kernels throughout). Prompt passes and CPUs always use "
         "bitsandbytes.",
     )

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.generation.quantization import keep_standard_nf4_layout
+from core.generation.local.quantization import keep_standard_nf4_layout
 from training.sft_data import (
     ChatExample,
     ChatFormatter,
@@ -190,8 +190,8 @@ def resolve_base_model(
     """
     from pydantic import ValidationError
 
-    from core.generation.profiles import HUB_IDS, PROFILES, build_model_spec
-    from core.generation.transformers_backend import resolve_weights
+    from core.generation.local.profiles import HUB_IDS, PROFILES, build_model_spec
+    from core.generation.local.transformers_generator import resolve_weights
     from core.settings import Settings, default_data_dir
 
     cache = Path(cache_dir) if cache_dir else default_data_dir() / "cache"

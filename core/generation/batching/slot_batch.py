@@ -2,8 +2,9 @@
 
 Why: a 7B decode step is a few hundred small kernels, and launching them one by one from
 Python takes longer than the GPU needs to run them. The padded batch of
-:mod:`core.generation.kv_batch` changes shape at every step, so it cannot be captured, and
-the scheduler decoded eagerly at about 20 tokens/s per row on an H100 (docs/benchmarks.md).
+:mod:`core.generation.batching.padded_batch` changes shape at every step, so it cannot be
+captured, and the scheduler decoded eagerly at about 20 tokens/s per row on an H100
+(docs/benchmarks.md).
 Here every tensor a decode step touches has a fixed address:
 
 - each layer's keys and values live in one buffer of ``[slots, kv_heads, capacity, head_dim]``;
@@ -49,8 +50,8 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from core.errors import GenerationError
-from core.generation.cache_keyword import with_cache
-from core.generation.kv_batch import PaddedBatch, cache_layers
+from core.generation.batching.padded_batch import PaddedBatch, cache_layers
+from core.generation.local.cache_keyword import with_cache
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +280,8 @@ def _slot_cache(keys: list[Any], values: list[Any], view: _View) -> Any:
 class SlotBatch:
     """The rows being decoded, in KV-cache slots ``0 .. rows-1`` (see the module docstring).
 
-    The interface matches :class:`~core.generation.kv_batch.PaddedBatch`, so the scheduler
-    drives either.
+    The interface matches :class:`~core.generation.batching.padded_batch.PaddedBatch`, so the
+    scheduler drives either.
     """
 
     def __init__(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
-from core.generation.profiles import (
+from core.generation.local.profiles import (
     HUB_IDS,
     MISTRAL_7B,
     SMOLLM2_135M,
@@ -83,7 +83,7 @@ def _load_tokenizer(source: str | Path, **kwargs: Any) -> Any:
 
 def _has_system_role(tokenizer: Any) -> bool:
     # The local backend's probe, so both backends fold the system prompt for the same models.
-    from core.generation.transformers_backend import _detect_system_role
+    from core.generation.local.transformers_generator import _detect_system_role
 
     return _detect_system_role(tokenizer)
 

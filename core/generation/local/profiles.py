@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelLoadError
-from core.generation.quantization import (
+from core.generation.local.quantization import (
     NF4Kernel,
     Quantization,
     gemlite_unavailable_reason,
@@ -102,7 +102,7 @@ def smollm2_package_dir() -> Path:
     )
 
 
-SHIPPED_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
+SHIPPED_ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
 """Adapters committed with the code (``core/adapters/<profile>-dailydialog``)."""
 
 NO_ADAPTER = ("none", "off")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.generation.quantization import packed_for_cpu
+from core.generation.local.quantization import packed_for_cpu
 
 FUSED_MAX_ROWS = 64
 """Rows up to which a layer may run this kernel; more rows (prompt passes) go to bitsandbytes."""

@@ -3,8 +3,9 @@
 All model work runs on one dedicated worker thread: it keeps the event loop free while the
 model computes, and it serialises GPU work through a single queue so concurrent
 conversations never fight over GPU memory. Requests from concurrent conversations are
-decoded together in continuous batches by :class:`core.generation.batching.BatchScheduler`
-(per-request sampling, cancellation, a bounded queue), behind the same Generator port.
+decoded together in continuous batches by
+:class:`core.generation.batching.batch_scheduler.BatchScheduler` (per-request sampling,
+cancellation, a bounded queue), behind the same Generator port.
 """
 
 from __future__ import annotations
@@ -17,18 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import GenerationError, ModelLoadError
-from core.generation.adapters import AdapterSet
-from core.generation.base import Generation
-from core.generation.batching import BatchingConfig, BatchScheduler, BatchStats, ModelFacts
-from core.generation.fast_decode import enable_compiled_decoding
-from core.generation.profiles import ModelSpec
-from core.generation.quantization import (
+from core.generation.batching.batch_scheduler import (
+    BatchingConfig,
+    BatchScheduler,
+    BatchStats,
+    ModelFacts,
+)
+from core.generation.batching.slot_batch import SlotBatch
+from core.generation.generator import Generation
+from core.generation.local.adapters import AdapterSet
+from core.generation.local.compiled_decoding import enable_compiled_decoding
+from core.generation.local.profiles import ModelSpec
+from core.generation.local.quantization import (
     compute_dtype,
     merge_adapter,
     quantize,
     select_nf4_kernel,
 )
-from core.generation.slot_batch import SlotBatch
 from core.prompting import fold_system_prompt
 from core.types import ChatMessage, SamplingParams
 
@@ -40,7 +46,7 @@ def _as_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
 
 
 class TransformersGenerator:
-    """A :class:`~core.generation.base.Generator` over a local transformers model."""
+    """A :class:`~core.generation.generator.Generator` over a local transformers model."""
 
     def __init__(
         self,
@@ -328,7 +334,7 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
     source = resolve_weights(spec)
     # NF4 without merging is quantised by from_pretrained itself; int4, gemlite, and NF4 with
     # the adapter merged, load full-precision weights on the CPU and quantise them layer by
-    # layer onto the device (core/generation/quantization.py), merging the adapter first.
+    # layer onto the device (core/generation/local/quantization.py), merging the adapter first.
     in_memory = spec.quantization in ("int4", "gemlite") or (
         spec.quantization == "nf4" and spec.merge_adapter and spec.adapter is not None
     )

@@ -42,7 +42,7 @@ QUANTIZATIONS: tuple[Quantization, ...] = ("nf4", "int4", "gemlite", "none")
 NF4Kernel = Literal["triton", "bitsandbytes"]
 NF4_KERNELS: tuple[NF4Kernel, ...] = ("triton", "bitsandbytes")
 """Which kernel multiplies NF4 weights by the few rows of a decode step on a GPU:
-``triton`` (core/generation/nf4_triton.py, bitsandbytes' own weights unpacked inside one
+``triton`` (core/generation/local/nf4_triton.py, bitsandbytes' own weights unpacked inside one
 kernel) or ``bitsandbytes`` (dequantise, then a bf16 product). Prompts always take
 bitsandbytes' path."""
 
@@ -312,7 +312,7 @@ def select_nf4_kernel(model: Any, kernel: NF4Kernel, device: str) -> int:
     """
     if kernel != "triton" or device != "cuda":
         return 0
-    from core.generation.nf4_triton import triton_available, use_fused_nf4
+    from core.generation.local.nf4_triton import triton_available, use_fused_nf4
 
     if not triton_available():
         log.warning(
