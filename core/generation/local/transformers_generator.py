@@ -25,6 +25,7 @@ from core.generation.batching.batch_scheduler import (
     ModelFacts,
 )
 from core.generation.batching.slot_batch import SlotBatch
+from core.generation.chat_template import detect_system_role, prompt_ids, turn_token_ids
 from core.generation.generator import Generation
 from core.generation.local.adapters import AdapterSet
 from core.generation.local.compiled_decoding import enable_compiled_decoding
@@ -35,14 +36,9 @@ from core.generation.local.quantization import (
     quantize,
     select_nf4_kernel,
 )
-from core.prompting import fold_system_prompt
 from core.types import ChatMessage, SamplingParams
 
 log = logging.getLogger(__name__)
-
-
-def _as_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
 
 
 class TransformersGenerator:
@@ -148,39 +144,8 @@ class TransformersGenerator:
 
     # -- prompts ----------------------------------------------------------------------------
 
-    def _render(self, messages: Sequence[ChatMessage]) -> str:
-        if not self._system_role:
-            messages = fold_system_prompt(messages)
-        text = self._tokenizer.apply_chat_template(
-            _as_dicts(messages), tokenize=False, add_generation_prompt=True
-        )
-        return str(text)
-
     def _encode(self, messages: Sequence[ChatMessage]) -> list[int]:
-        # The chat template writes the BOS token itself; adding it again would double it.
-        ids = self._tokenizer(self._render(messages), add_special_tokens=False)["input_ids"]
-        return list(ids)
-
-
-#: Special tokens that open or close a chat turn in common templates (ChatML, Llama 3, Phi,
-#: Gemma). An assistant reply is over once the model writes any of them, whatever the
-#: generation config's end-of-sequence token says: a fine-tuned model may close its turn by
-#: opening the next one, and it must not go on to write the user's next message.
-TURN_TOKENS = (
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<|start_header_id|>",
-    "<|end|>",
-    "<start_of_turn>",
-    "<end_of_turn>",
-)
-
-
-def turn_token_ids(tokenizer: Any) -> set[int]:
-    """Ids of the :data:`TURN_TOKENS` this tokenizer has as tokens of their own."""
-    vocab = tokenizer.get_vocab()
-    return {int(vocab[token]) for token in TURN_TOKENS if token in vocab}
+        return prompt_ids(self._tokenizer, messages, system_role=self._system_role)
 
 
 def model_facts(model: Any, tokenizer: Any) -> ModelFacts:
@@ -228,17 +193,6 @@ def _convert_gguf_once(spec: ModelSpec) -> Path:
     except OSError:  # another process finished first; its copy is as good as ours
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _detect_system_role(tokenizer: Any) -> bool:
-    # A distinctive probe: a plain "s" would be found in "<s>" or "<|im_start|>" even when the
-    # template silently drops the system message.
-    probe = [{"role": "system", "content": "SYSTEM-PROBE"}, {"role": "user", "content": "u"}]
-    try:
-        rendered = tokenizer.apply_chat_template(probe, tokenize=False)
-    except Exception:
-        return False
-    return "SYSTEM-PROBE" in str(rendered)
 
 
 def resolve_weights(spec: ModelSpec) -> str | Path:
@@ -375,5 +329,5 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    system_role = _detect_system_role(tokenizer) if spec.system_role is None else spec.system_role
+    system_role = detect_system_role(tokenizer) if spec.system_role is None else spec.system_role
     return model, tokenizer, system_role
