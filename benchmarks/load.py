@@ -138,7 +138,7 @@ def random_generator(
     from core.generation.local.transformers_generator import TransformersGenerator
 
     dims = RANDOM_MODELS[name]
-    dtype = compute_dtype(device) if device == "cuda" else torch.float32
+    dtype = compute_dtype(device)
     torch.manual_seed(0)
     model = random_mistral(dims, device, dtype, bos_token_id=1, eos_token_id=2)
     quantize(model, quantization, device, nf4_kernel)

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.generation.local.quantization import keep_standard_nf4_layout
+from core.generation.local.quantization import compute_dtype, keep_standard_nf4_layout
 from training.sft_data import (
     ChatExample,
     ChatFormatter,
@@ -148,15 +148,6 @@ def resolve_device(name: str) -> str:
     if name not in ("cpu", "cuda"):
         raise TrainingError(f"Unknown device {name!r}; expected auto, cpu or cuda.")
     return name
-
-
-def compute_dtype(device: str) -> Any:
-    """bf16 where the GPU supports it, fp16 on older GPUs, fp32 on a CPU."""
-    import torch
-
-    if device != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def is_gguf(base_model: str | None) -> bool:

@@ -266,7 +266,7 @@ def _from_pretrained_kwargs(spec: ModelSpec, in_memory: bool) -> dict[str, Any]:
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype(spec.device),
+            bnb_4bit_compute_dtype=compute_dtype(spec.device, cpu_dtype="bfloat16"),
         )
     if spec.device == "cuda":
         kwargs["device_map"] = {"": 0}
