@@ -168,7 +168,7 @@ def model_facts(model: Any, tokenizer: Any) -> ModelFacts:
 
 
 def _convert_gguf_once(spec: ModelSpec) -> Path:
-    """Dequantise the GGUF into safetensors once; later starts load it in about a second."""
+    """Dequantise the GGUF into safetensors once; later starts load the converted copy."""
     assert spec.converted_dir is not None and spec.gguf_file is not None
     target = spec.converted_dir
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
@@ -322,8 +322,8 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
             ) from exc
     if spec.compile and spec.quantization in ("int4", "none"):
         # generate() (personabot eval) with a static cache and torch.compile; bitsandbytes'
-        # layers gain little from compiling (24.6 against 21.9 tokens/s at batch 1) while
-        # every batch size costs a minute's compilation (GemLite's layers were not tried).
+        # layers gain little from compiling (see docs/benchmarks.md#decode-speed-gpu) while
+        # every batch size costs a long compilation (GemLite's layers were not tried).
         # The scheduler does not use this.
         enable_compiled_decoding(model)
     model.eval()
