@@ -55,7 +55,7 @@ class ModelSpec:
     merge_adapter: bool = False
     """Fold ``adapter`` into the weights at load, before quantising (see quantization.py)."""
     compile: bool = False
-    """Decode with a static KV cache and torch.compile (see fast_decode.py)."""
+    """Decode with a static KV cache and torch.compile (see compiled_decoding.py)."""
     nf4_kernel: NF4Kernel = "triton"
     """NF4's decode-step kernel on a GPU (see quantization.select_nf4_kernel)."""
 
