@@ -3,18 +3,18 @@
 For each setup it builds a model with Mistral-7B's dimensions (``MistralConfig``: hidden 4096,
 32 layers, 32 heads / 8 KV heads, MLP 14336, vocabulary 32000) with random weights directly in
 bf16 on the GPU, prepares it with the same functions the bot's loader uses
-(:mod:`core.generation.quantization`, :mod:`core.generation.fast_decode`), and times greedy
-``generate`` at each batch size: a prompt of ``--prompt`` random tokens, exactly
+(:mod:`core.generation.local.quantization`, :mod:`core.generation.local.compiled_decoding`),
+and times greedy ``generate`` at each batch size: a prompt of ``--prompt`` random tokens, exactly
 ``--new-tokens`` new ones (end-of-sequence is switched off). Random weights: speed and memory
 only.
 
 A setup is ``FORMAT-MODE[-lora-merged|-lora-unmerged]``: FORMAT ``nf4`` (bitsandbytes),
 ``int4`` (torchao tinygemm), ``bf16`` or ``fp32``; MODE ``eager`` (``generate``),
 ``compile`` (``generate`` with a static KV cache + torch.compile "reduce-overhead", i.e. CUDA
-graphs) or ``graph`` (:class:`core.generation.fast_decode.GraphDecoder`: the one-token step,
+graphs) or ``graph`` (:class:`benchmarks.graph_decoder.GraphDecoder`: the one-token step,
 argmax included, as one CUDA graph and no per-token Python beyond it; uncompiled with
 ``--smoke``) or ``slots`` (the serving scheduler's decode path,
-:class:`core.generation.slot_batch.SlotBatch`: static per-conversation KV slots, one CUDA
+:class:`core.generation.batching.slot_batch.SlotBatch`: static per-conversation KV slots, one CUDA
 graph per batch-size and width bucket, greedy tokens copied to the host after every step as
 the scheduler does; eager with ``--smoke``). ``-lora-*`` adds a random LoRA
 adapter (r=16 on q/k/v/o/gate/up/down, as ``personabot train`` makes) either merged into the
@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.random_models import MISTRAL_7B_DIMS, random_mistral
-from core.generation.quantization import NF4Kernel, Quantization
+from core.generation.local.quantization import NF4Kernel, Quantization
 
 TINY_DIMS: dict[str, Any] = {
     "hidden_size": 128,
@@ -167,8 +167,8 @@ def prepare(setup: Setup, dims: dict[str, Any], device: str, lora_rank: int) -> 
     import torch
     from peft import PeftModel
 
-    from core.generation.fast_decode import enable_compiled_decoding
-    from core.generation.quantization import merge_adapter, quantize
+    from core.generation.local.compiled_decoding import enable_compiled_decoding
+    from core.generation.local.quantization import merge_adapter, quantize
 
     dtype = torch.float32 if setup.weights == "fp32" else torch.bfloat16
     model = build_random_model(dims, device, dtype)
@@ -200,7 +200,7 @@ class SlotDecoder:
     def __init__(self, model: Any, slots: int, capacity: int, vocab_size: int) -> None:
         import torch
 
-        from core.generation.slot_batch import SlotBatch
+        from core.generation.batching.slot_batch import SlotBatch
 
         self.model = model
         # Every call sends the same prompts: reusing them would time no prompt encoding.
@@ -231,7 +231,7 @@ class SlotDecoder:
 def time_generate(model: Any, input_ids: Any, new_tokens: int, device: str) -> float:
     import torch
 
-    from core.generation.fast_decode import GraphDecoder
+    from benchmarks.graph_decoder import GraphDecoder
 
     if device == "cuda":
         torch.cuda.synchronize()
@@ -267,7 +267,7 @@ def run_setup(setup: Setup, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Measure one setup at every batch size; print each result as soon as it exists."""
     import torch
 
-    from core.generation.quantization import weight_bytes
+    from core.generation.local.quantization import weight_bytes
 
     device = "cpu" if args.smoke else "cuda"
     dims = TINY_DIMS if args.smoke else MISTRAL_7B_DIMS
@@ -280,7 +280,7 @@ def run_setup(setup: Setup, args: argparse.Namespace) -> list[dict[str, Any]]:
     weights = weight_bytes(model)
     allocated = torch.cuda.memory_allocated() if device == "cuda" else None
     if setup.mode == "graph":
-        from core.generation.fast_decode import GraphDecoder
+        from benchmarks.graph_decoder import GraphDecoder
 
         model = GraphDecoder(model, args.prompt + args.new_tokens, compile=device == "cuda")
     elif setup.mode == "slots":

@@ -5,7 +5,7 @@ to 2,048; which 4-bit kernel is fastest depends on that row count, and the whole
 benchmarks (``decode_speed``, ``load``) mix it with attention, sampling and scheduling. This
 one times only the seven projections of one decoder layer (q, k, v, o, gate, up, down; a
 Mistral-7B has 32 such layers), each format quantised by the serving loader's own functions
-(:mod:`core.generation.quantization`), as one CUDA graph of all seven replayed ``--repeats``
+(:mod:`core.generation.local.quantization`), as one CUDA graph of all seven replayed ``--repeats``
 times. It also reports each format's first call at each row count (GemLite tunes its kernels
 there) and its output's error against bf16 on the same random input.
 
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.random_models import MISTRAL_7B_DIMS
-from core.generation.quantization import NF4Kernel, Quantization
+from core.generation.local.quantization import NF4Kernel, Quantization
 
 FORMATS: dict[str, Quantization] = {
     "bf16": "none",
@@ -58,7 +58,7 @@ def build_layer(fmt: str, dims: dict[str, Any], seed: int) -> Any:
     """The projections as a ``ModuleDict``, quantised to ``fmt`` on the GPU."""
     import torch
 
-    from core.generation.quantization import quantize
+    from core.generation.local.quantization import quantize
 
     class Projections(torch.nn.Module):
         """What the quantisers expect of a model: modules to walk and a ``dtype``."""

@@ -47,11 +47,11 @@ from benchmarks.reply_latency import SCRIPT, percentile
 from core.bootstrap import build_engine
 from core.engine import Engine
 from core.errors import GeneratorBusyError
-from core.generation.base import Generator
-from core.generation.batching import BatchingConfig
+from core.generation.batching.batch_scheduler import BatchingConfig
 from core.generation.factory import create_generator
-from core.generation.profiles import ModelSpec
-from core.generation.quantization import NF4_KERNELS, QUANTIZATIONS, NF4Kernel, Quantization
+from core.generation.generator import Generator
+from core.generation.local.profiles import ModelSpec
+from core.generation.local.quantization import NF4_KERNELS, QUANTIZATIONS, NF4Kernel, Quantization
 from core.settings import Settings
 from core.types import Author, ConversationRef
 
@@ -134,11 +134,11 @@ def random_generator(
     """
     import torch
 
-    from core.generation.quantization import compute_dtype, quantize
-    from core.generation.transformers_backend import TransformersGenerator
+    from core.generation.local.quantization import compute_dtype, quantize
+    from core.generation.local.transformers_generator import TransformersGenerator
 
     dims = RANDOM_MODELS[name]
-    dtype = compute_dtype(device) if device == "cuda" else torch.float32
+    dtype = compute_dtype(device)
     torch.manual_seed(0)
     model = random_mistral(dims, device, dtype, bos_token_id=1, eos_token_id=2)
     quantize(model, quantization, device, nf4_kernel)

@@ -5,14 +5,15 @@ quantisation blocks per loop step, split of the input dimension, warps, pipeline
 and the best one differs by shape, row count and GPU; this sweep measures them
 and, with ``--write-table``, writes the fastest per shape and row bucket (or "bitsandbytes"
 where that is faster) into the tuned table that
-:func:`core.generation.nf4_triton.choose_tiling` reads. Each candidate multiplies random
+:func:`core.generation.local.nf4_triton.choose_tiling` reads. Each candidate multiplies random
 NF4 weights (quantised by the loader's ``quantize_nf4``) by random bf16 rows, is checked
 against bitsandbytes' own product of the same weights, and is timed as one CUDA graph of
 ``--repeats`` calls, the way decode steps run. Candidates are first swept at
 ``--full-rows``; at the other row counts only the best ``--keep`` of that sweep and the
 current choice are timed.
 
-    python -m benchmarks.nf4_tiles --json tiles.json --write-table core/generation/nf4_tiles.json
+    python -m benchmarks.nf4_tiles --json tiles.json \\
+        --write-table core/generation/local/nf4_tiles.json
 
 CUDA only (the kernel's CPU interpreter is for tests, not timings).
 """
@@ -43,7 +44,7 @@ def build_weight(in_features: int, out_features: int, seed: int) -> Any:
     """A bitsandbytes NF4 layer (double-quantised, bf16 compute) of random weights on CUDA."""
     import torch
 
-    from core.generation.quantization import quantize_nf4
+    from core.generation.local.quantization import quantize_nf4
 
     class One(torch.nn.Module):
         dtype = torch.bfloat16
@@ -84,7 +85,7 @@ def time_call(call: Any, repeats: int) -> float:
 
 
 def candidates() -> list[Any]:
-    from core.generation.nf4_triton import TileConfig
+    from core.generation.local.nf4_triton import TileConfig
 
     return [
         TileConfig(block_n=n, groups=g, split_k=k, num_warps=w, num_stages=st)
@@ -100,7 +101,7 @@ def sweep_shape(
 ) -> list[dict[str, Any]]:
     import torch
 
-    from core.generation.nf4_triton import choose_tiling, gpu_name, nf4_matmul
+    from core.generation.local.nf4_triton import choose_tiling, gpu_name, nf4_matmul
 
     layer = build_weight(in_features, out_features, args.seed)
     weight = layer.weight
@@ -160,7 +161,7 @@ def sweep_shape(
 def write_table(path: str, gpu: str, results: Sequence[dict[str, Any]], command: str) -> None:
     """Put this GPU's fastest tilings (or null: bitsandbytes) into the tuned table at
     ``path``, keeping the other GPUs' entries: the file the serving path reads."""
-    from core.generation.nf4_triton import ROW_BUCKETS
+    from core.generation.local.nf4_triton import ROW_BUCKETS
 
     try:
         with open(path, encoding="utf-8") as handle:
@@ -208,7 +209,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--write-table",
         metavar="PATH",
         help="write this GPU's fastest tilings into the tuned table at PATH "
-        "(core/generation/nf4_tiles.json is the one the serving path reads)",
+        "(core/generation/local/nf4_tiles.json is the one the serving path reads)",
     )
     args = parser.parse_args(argv)
     try:
@@ -222,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from core.generation.nf4_triton import gpu_name
+    from core.generation.local.nf4_triton import gpu_name
 
     if not torch.cuda.is_available():
         print("nf4_tiles needs a CUDA GPU; torch sees none.", file=sys.stderr)

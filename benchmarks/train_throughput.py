@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.random_models import MISTRAL_7B_DIMS, random_mistral
-from core.generation.quantization import quantize_nf4
+from core.generation.local.quantization import compute_dtype, quantize_nf4
 from training.sft_data import TokenizedExample
 from training.train_lm import (
     DEFAULT_TARGETS,
     LoopSettings,
     apply_lora,
-    compute_dtype,
     load_base_model,
     resolve_device,
     train_loop,

@@ -71,7 +71,7 @@ def add_adapter(
     picks it up when restarted.
     """
     settings = settings_or_exit(config)
-    from core.generation.adapters import check_adapter, expected_base_model
+    from core.generation.local.adapters import check_adapter, expected_base_model
     from core.personas import load_builtin_personas, load_persona_dir, persona_from_mapping
     from training.chat_import import PERSONAL_SYSTEM_PROMPT
 

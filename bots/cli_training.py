@@ -225,7 +225,7 @@ def train(
     """
     settings = settings_or_exit(config, model_profile=profile)
     from core.errors import PersonabotError
-    from core.generation.profiles import (
+    from core.generation.local.profiles import (
         SHIPPED_ADAPTERS,
         default_adapter_dir,
         resolve_profile_name,
@@ -419,7 +419,7 @@ def persona_replay(
     """
     settings = settings_or_exit(config, model_profile=profile)
     from core.errors import PersonabotError
-    from core.generation.profiles import resolve_profile_name
+    from core.generation.local.profiles import resolve_profile_name
     from training.dailydialog import DatasetError
     from training.persona_replay import ReplayConfig, ReplayError, make_replay
 

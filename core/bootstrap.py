@@ -14,8 +14,8 @@ import os
 from core import redaction
 from core.engine import Engine
 from core.errors import ConfigError, PersonabotError
-from core.generation.base import Generator
 from core.generation.factory import create_generator
+from core.generation.generator import Generator
 from core.mood import create_mood_detector
 from core.personas import (
     GLOBAL,

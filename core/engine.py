@@ -21,8 +21,8 @@ from core.errors import (
     PersonabotError,
     StorageError,
 )
-from core.generation.base import Generator
-from core.generation.profiles import prompt_budget
+from core.generation.generator import Generator
+from core.generation.local.profiles import prompt_budget
 from core.mood import MoodDetector
 from core.mood_trend import MoodTrend
 from core.observability import Metrics, log_event

@@ -160,7 +160,7 @@ class Settings(BaseSettings):
         description="Kernel for NF4 products of up to 64 rows (decode steps) on a CUDA GPU: "
         "'triton' (personabot's fused kernel: reads bitsandbytes' packed 4-bit weights once "
         "instead of dequantising them to bf16 first; tilings measured per GPU model in "
-        "`core/generation/nf4_tiles.json`; bitsandbytes is kept where Triton is missing and "
+        "`core/generation/local/nf4_tiles.json`; bitsandbytes is kept where Triton is missing and "
         "where that table found bitsandbytes faster) or 'bitsandbytes' (its own kernels "
         "throughout). Prompt passes and CPUs always use bitsandbytes. Figures: "
         "docs/benchmarks.md#decode-speed-gpu.",

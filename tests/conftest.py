@@ -34,8 +34,8 @@ from bots.telegram import run_telegram  # noqa: E402
 from bots.telegram.app import build_application  # noqa: E402
 from core.bootstrap import build_engine  # noqa: E402
 from core.engine import Engine  # noqa: E402
-from core.generation.profiles import build_model_spec  # noqa: E402
-from core.generation.transformers_backend import (  # noqa: E402
+from core.generation.local.profiles import build_model_spec  # noqa: E402
+from core.generation.local.transformers_generator import (  # noqa: E402
     TransformersGenerator,
     load_transformers_generator,
 )

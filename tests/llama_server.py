@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.generation.profiles import SMOLLM2_GGUF, smollm2_package_dir
-from core.generation.token_counting import ChatTokenCounter, load_token_counter
+from core.generation.local.profiles import SMOLLM2_GGUF, smollm2_package_dir
+from core.generation.remote.chat_token_counter import ChatTokenCounter, load_token_counter
 from core.settings import Settings
 
 MODEL_ALIAS = "smollm2-135m"

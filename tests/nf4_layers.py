@@ -1,7 +1,8 @@
 """bitsandbytes NF4 layers for the tests, and bitsandbytes' two CPU layouts of their weights.
 
 On a CPU with AVX512-BF16, bitsandbytes repacks a layer's weight into a layout of its own at
-the layer's first forward pass without gradients (core.generation.quantization.packed_for_cpu).
+the layer's first forward pass without gradients
+(core.generation.local.quantization.packed_for_cpu).
 Its kernel for that layout needs the CPU feature, but the repacking is plain torch:
 :func:`repack_as_on_an_avx512_bf16_cpu` applies it on any machine, so a machine without the
 feature still checks that our code reads either layout correctly.

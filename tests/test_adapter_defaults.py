@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.generation import profiles
-from core.generation.profiles import build_model_spec, shipped_adapter_dir
+from core.generation.local import profiles
+from core.generation.local.profiles import build_model_spec, shipped_adapter_dir
 from tests.conftest import REPO, SettingsFactory
 
 

@@ -22,11 +22,11 @@ from bots.terminal import TerminalChat
 from core.bootstrap import build_engine
 from core.engine import BUSY, Engine
 from core.errors import GeneratorBusyError
-from core.generation.base import Generation
-from core.generation.batching import BatchingConfig, BatchScheduler, ModelFacts
+from core.generation.batching.batch_scheduler import BatchingConfig, BatchScheduler, ModelFacts
+from core.generation.batching.slot_batch import SlotBatch
+from core.generation.generator import Generation
+from core.generation.local.transformers_generator import TransformersGenerator, model_facts
 from core.generation.sampling import BatchSampler, RowSampler
-from core.generation.slot_batch import SlotBatch
-from core.generation.transformers_backend import TransformersGenerator, model_facts
 from core.types import Author, ChatMessage, ConversationRef, SamplingParams
 from tests.conftest import SettingsFactory
 from tests.test_reliability import terse_settings

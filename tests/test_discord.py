@@ -28,7 +28,7 @@ from bots.discord.sending import MESSAGE_LIMIT, StreamingReply, send_text
 from bots.runner import plan_frontends
 from core.bootstrap import build_engine
 from core.errors import ConfigError
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.settings import load_settings
 from core.storage import ConversationStore, Database, sqlite_url
 from core.types import StoredMessage

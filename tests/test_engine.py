@@ -10,8 +10,8 @@ import pytest
 from core.bootstrap import build_engine
 from core.engine import Engine
 from core.errors import ConfigError, GenerationError, InputError, StorageError, UnknownPersonaError
-from core.generation.base import Generator
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.generator import Generator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.types import Author, ConversationRef, LengthPreset, Mood
 from tests.conftest import SettingsFactory, SharedGenerator
 

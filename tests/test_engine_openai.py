@@ -3,7 +3,7 @@
 The test functions are the very ones in tests/test_engine.py and tests/test_generation.py,
 collected a second time here; pytest resolves their fixtures in this module, where
 ``offline_generator`` is the same SmolLM2 GGUF served by llama-cpp-python's OpenAI-compatible
-server and reached through :class:`~core.generation.openai_backend.OpenAIGenerator`, and
+server and reached through :class:`~core.generation.remote.openai_generator.OpenAIGenerator`, and
 ``make_settings`` selects PERSONABOT_GENERATOR_BACKEND=openai, so engines that tests build
 themselves (restart, shutdown) go through the factory to the server as well.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from core.generation.openai_backend import OpenAIGenerator, create_openai_generator
-from core.generation.token_counting import ChatTokenCounter
+from core.generation.remote.chat_token_counter import ChatTokenCounter
+from core.generation.remote.openai_generator import OpenAIGenerator, create_openai_generator
 from core.settings import Settings
 from core.types import SamplingParams
 from tests import test_engine, test_generation

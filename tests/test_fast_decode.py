@@ -17,10 +17,10 @@ import pytest
 
 from benchmarks.decode_speed import TINY_DIMS, build_random_model
 from benchmarks.decode_speed import main as decode_speed_main
+from benchmarks.graph_decoder import GraphDecoder
 from core.errors import ConfigError, ModelLoadError
-from core.generation.fast_decode import GraphDecoder
-from core.generation.profiles import build_model_spec, shipped_adapter_dir
-from core.generation.transformers_backend import load_model
+from core.generation.local.profiles import build_model_spec, shipped_adapter_dir
+from core.generation.local.transformers_generator import load_model
 from core.settings import load_settings
 from tests.conftest import SettingsFactory
 

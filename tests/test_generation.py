@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.generation.profiles import build_model_spec
-from core.generation.transformers_backend import (
+from core.generation.local.profiles import build_model_spec
+from core.generation.local.transformers_generator import (
     TransformersGenerator,
     load_transformers_generator,
 )

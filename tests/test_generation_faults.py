@@ -20,7 +20,7 @@ from bots.terminal import TerminalChat
 from core.bootstrap import build_engine
 from core.engine import APOLOGY, APOLOGY_OUT_OF_MEMORY, Engine
 from core.errors import GenerationError
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.types import Author, ConversationRef
 from tests.conftest import SettingsFactory
 from tests.test_reliability import terse_settings

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from core.bootstrap import build_engine
 from core.engine import Engine
 from core.errors import ConfigError, GenerationError, InputError
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.personas import Persona, persona_from_mapping
 from core.text import clean_user_text
 from core.types import Author, ConversationRef

@@ -15,7 +15,7 @@ import pytest
 from bots.terminal import TerminalChat
 from core.bootstrap import build_engine
 from core.engine import Engine
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.mood_trend import MoodTrend
 from core.prompting import CARE_FIRST
 from core.types import Author, ConversationRef, Mood, MoodResult

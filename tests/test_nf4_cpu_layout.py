@@ -11,7 +11,7 @@ import pytest
 import torch
 from bitsandbytes.functional import dequantize_4bit
 
-from core.generation.quantization import keep_standard_nf4_layout, packed_for_cpu
+from core.generation.local.quantization import keep_standard_nf4_layout, packed_for_cpu
 from tests.nf4_layers import dense_weight, nf4_layer, repack_as_on_an_avx512_bf16_cpu
 
 

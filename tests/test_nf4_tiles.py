@@ -1,7 +1,7 @@
 """The tile sweep's table writer and the serving path's reader agree (no GPU needed).
 
 ``benchmarks/nf4_tiles.py --write-table`` is how a GPU model gets its tilings; this checks
-that what it writes is what :func:`core.generation.nf4_triton.choose_tiling` then picks,
+that what it writes is what :func:`core.generation.local.nf4_triton.choose_tiling` then picks,
 that other GPUs' entries survive a rewrite, and that "bitsandbytes was faster" survives as
 a null config.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.nf4_tiles import write_table
-from core.generation.nf4_triton import TileConfig, choose_tiling, read_tuned_tables
+from core.generation.local.nf4_triton import TileConfig, choose_tiling, read_tuned_tables
 
 
 def result(rows: int, fastest: TileConfig | None) -> dict[str, Any]:

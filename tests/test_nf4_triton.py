@@ -26,8 +26,8 @@ from bitsandbytes.nn.modules import Linear4bit
 
 from benchmarks.decode_speed import TINY_DIMS
 from benchmarks.random_models import random_mistral
-from core.generation import nf4_triton
-from core.generation.nf4_triton import (
+from core.generation.local import nf4_triton
+from core.generation.local.nf4_triton import (
     FUSED_MAX_ROWS,
     ROW_BUCKETS,
     FusedNF4Linear,
@@ -39,7 +39,11 @@ from core.generation.nf4_triton import (
     tile_config,
     use_fused_nf4,
 )
-from core.generation.quantization import keep_standard_nf4_layout, packed_for_cpu, quantize_nf4
+from core.generation.local.quantization import (
+    keep_standard_nf4_layout,
+    packed_for_cpu,
+    quantize_nf4,
+)
 from tests.nf4_layers import (
     cpu_has_avx512_bf16,
     dense_weight,
@@ -208,7 +212,7 @@ def test_a_tuned_table_picks_per_gpu_and_row_bucket_and_may_pick_bitsandbytes() 
 def test_the_shipped_tuned_table_reads_and_every_tiling_in_it_builds() -> None:
     """Reading builds every entry's TileConfig, so a stale field fails here."""
     tables = shipped_tables()
-    assert tables, "core/generation/nf4_tiles.json holds no GPU"
+    assert tables, "core/generation/local/nf4_tiles.json holds no GPU"
     for gpu, measured in tables.items():
         assert gpu and measured
         for (_, in_features, blocksize, rows), config in measured.items():

@@ -12,7 +12,7 @@ import pytest
 from core.bootstrap import build_engine
 from core.engine import Engine
 from core.errors import ConfigError, InputError
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.types import Author, ConversationRef
 from tests.conftest import SettingsFactory, SharedGenerator
 from tests.test_reliability import terse_settings
@@ -76,7 +76,7 @@ async def test_reply_tokens_are_counted_under_a_strict_chat_template(
 
     from benchmarks.load import RANDOM_MODELS, word_tokenizer
     from benchmarks.random_models import random_mistral
-    from core.generation.profiles import ModelSpec
+    from core.generation.local.profiles import ModelSpec
 
     torch.manual_seed(0)
     dims = RANDOM_MODELS["tiny"]

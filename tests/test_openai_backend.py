@@ -21,14 +21,14 @@ import pytest
 from core.bootstrap import build_engine
 from core.engine import APOLOGY
 from core.errors import ConfigError, GenerationError
-from core.generation.base import Generator
-from core.generation.openai_backend import (
+from core.generation.generator import Generator
+from core.generation.local.transformers_generator import TransformersGenerator
+from core.generation.remote.chat_token_counter import ChatTokenCounter, estimate_tokens
+from core.generation.remote.openai_generator import (
     DEFAULT_CONTEXT_WINDOW,
     OpenAIGenerator,
     create_openai_generator,
 )
-from core.generation.token_counting import ChatTokenCounter, estimate_tokens
-from core.generation.transformers_backend import TransformersGenerator
 from core.settings import Settings, load_settings
 from core.types import Author, ChatMessage, ConversationRef, SamplingParams
 from tests.conftest import SettingsFactory, SharedGenerator

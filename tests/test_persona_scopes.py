@@ -13,7 +13,7 @@ import pytest
 from core.bootstrap import build_engine
 from core.engine import Engine
 from core.errors import InputError, UnknownPersonaError
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.personas import Persona, persona_from_mapping
 from core.storage import ConversationStore, Database
 from core.types import ConversationRef

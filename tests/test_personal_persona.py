@@ -19,9 +19,9 @@ import pytest
 
 from core.bootstrap import build_engine
 from core.errors import GenerationError
-from core.generation.adapters import ADAPTER_UNAVAILABLE, DEFAULT_ADAPTER, adapter_name
-from core.generation.profiles import build_model_spec
-from core.generation.transformers_backend import (
+from core.generation.local.adapters import ADAPTER_UNAVAILABLE, DEFAULT_ADAPTER, adapter_name
+from core.generation.local.profiles import build_model_spec
+from core.generation.local.transformers_generator import (
     TransformersGenerator,
     load_transformers_generator,
 )
@@ -189,7 +189,7 @@ def test_adapters_switch_on_a_model_loaded_without_one(tmp_path: Path) -> None:
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from core.generation.adapters import AdapterSet
+    from core.generation.local.adapters import AdapterSet
 
     config = LlamaConfig(
         vocab_size=64,

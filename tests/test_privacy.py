@@ -12,7 +12,7 @@ from sqlalchemy import update
 from core import engine as engine_module
 from core.bootstrap import build_engine
 from core.engine import Engine
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.storage import Database
 from core.storage.models import Message
 from core.types import Author, ConversationRef

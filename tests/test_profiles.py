@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ModelLoadError
-from core.generation.profiles import build_model_spec, cuda_available, shipped_adapter_dir
+from core.generation.local.profiles import build_model_spec, cuda_available, shipped_adapter_dir
 from tests.conftest import SettingsFactory
 
 needs_no_gpu = pytest.mark.skipif(cuda_available(), reason="checks the no-GPU behaviour")

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from bots.terminal import TerminalChat
 from core.engine import Engine
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.personas import load_builtin_personas, persona_from_mapping
 from core.prompting import Prompt, PromptBuilder
 from core.text import defuse_special_tokens

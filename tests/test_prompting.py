@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.personas import load_builtin_personas
 from core.prompting import PromptBuilder, fold_system_prompt, normalise_turns
 from core.types import ChatMessage, LengthPreset, Mood, MoodResult, StoredMessage

@@ -18,7 +18,7 @@ import pytest_asyncio
 from core.bootstrap import build_engine
 from core.engine import Engine
 from core.errors import StorageError
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.storage import ConversationStore, Database
 from core.storage.retry import RetryPolicy
 from core.types import Author, ConversationRef

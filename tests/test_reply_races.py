@@ -12,7 +12,7 @@ import asyncio
 
 from core.engine import BUSY_HERE, Engine
 from core.errors import GeneratorBusyError
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.types import Author, ConversationRef, Reply
 from tests.conftest import SettingsFactory
 from tests.test_reliability import build

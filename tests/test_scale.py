@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from core.bootstrap import build_engine
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.types import Author, ConversationRef, StoredMessage
 from tests.conftest import SettingsFactory, SharedGenerator
 from tests.test_reliability import terse_settings

@@ -20,7 +20,7 @@ import pytest
 from bots.telegram import run_telegram
 from core import redaction
 from core.bootstrap import build_engine
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from tests.conftest import REPO, SettingsFactory, SharedGenerator
 from tests.fake_telegram import TOKEN, FakeBotAPI
 from tests.polling import until

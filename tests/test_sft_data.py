@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from core.generation.profiles import build_model_spec
-from core.generation.transformers_backend import resolve_weights
+from core.generation.local.profiles import build_model_spec
+from core.generation.local.transformers_generator import resolve_weights
 from core.personas import LENGTH_INSTRUCTIONS, load_builtin_personas
 from core.types import ChatMessage, LengthPreset, Mood
 from tests.conftest import DAILYDIALOG

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bots.runner import serve
 from core.bootstrap import build_engine
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.storage import ConversationStore, Database, sqlite_url
 from core.types import ConversationRef
 from tests.conftest import REPO, SettingsFactory, SharedGenerator

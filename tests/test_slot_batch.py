@@ -16,9 +16,9 @@ import torch
 
 from benchmarks.random_models import random_mistral
 from core.errors import GenerationError
-from core.generation.batching import BatchingConfig
-from core.generation.quantization import NF4Kernel, Quantization
-from core.generation.slot_batch import PREFILL_CHUNKS, SlotBatch, buckets, plan_passes
+from core.generation.batching.batch_scheduler import BatchingConfig
+from core.generation.batching.slot_batch import PREFILL_CHUNKS, SlotBatch, buckets, plan_passes
+from core.generation.local.quantization import NF4Kernel, Quantization
 from core.types import SamplingParams
 from tests.test_batching import EOS, GREEDY, hf_generate, prompts, tiny_model, tiny_scheduler
 
@@ -175,7 +175,7 @@ def test_cuda_graph_replay_gives_the_eager_tokens(
     """The captured step (graphs=True) and the eager one agree token for token, in bf16
     and in every 4-bit format (bitsandbytes NF4, torchao int4 and GemLite's Triton kernels
     inside a CUDA graph); NF4 on the fused Triton kernel and GemLite agree on logits."""
-    from core.generation.quantization import (
+    from core.generation.local.quantization import (
         gemlite_unavailable_reason,
         int4_unavailable_reason,
         quantize,
@@ -234,8 +234,8 @@ def test_cuda_fused_nf4_steps_give_bitsandbytes_logits() -> None:
     in graphs, against bitsandbytes' own kernels on the same weights: both are fed the
     bitsandbytes run's tokens and their logits compared (the two sum in different orders,
     so greedy tokens may part at a near tie; a wrong nibble or scale is off by the range)."""
-    from core.generation.nf4_triton import FusedNF4Linear
-    from core.generation.quantization import quantize
+    from core.generation.local.nf4_triton import FusedNF4Linear
+    from core.generation.local.quantization import quantize
 
     def model(kernel: Any) -> Any:
         torch.manual_seed(0)

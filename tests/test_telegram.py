@@ -31,7 +31,7 @@ from bots.telegram.sending import send_text
 from core.bootstrap import build_engine
 from core.engine import Engine
 from core.errors import ConfigError
-from core.generation.transformers_backend import TransformersGenerator
+from core.generation.local.transformers_generator import TransformersGenerator
 from core.personas import persona_from_mapping
 from core.settings import load_settings
 from core.types import ConversationRef

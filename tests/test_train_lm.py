@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from core.bootstrap import build_engine
-from core.generation.profiles import build_model_spec
-from core.generation.transformers_backend import resolve_weights
+from core.generation.local.profiles import build_model_spec
+from core.generation.local.transformers_generator import resolve_weights
 from core.settings import Settings
 from core.types import Author, ConversationRef
 from tests.conftest import DAILYDIALOG, REPO, SettingsFactory
@@ -335,7 +335,7 @@ def test_qlora_on_an_avx512_bf16_cpu_trains_the_usual_layout(
     """
     from bitsandbytes.nn.modules import Linear4bit
 
-    from core.generation.quantization import packed_for_cpu
+    from core.generation.local.quantization import packed_for_cpu
 
     monkeypatch.setattr("bitsandbytes.nn.modules.has_avx512bf16", lambda: True)
     created: list[Any] = []

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.generation.transformers_backend import turn_token_ids
+from core.generation.chat_template import turn_token_ids
 from core.mood import MoodDetector
 from core.personas import Persona
 from core.settings import Settings
@@ -103,7 +103,7 @@ def generate_replies(
     from tqdm import tqdm
 
     pad_id = int(tokenizer.pad_token_id)
-    # Every chat-turn marker ends a reply, as in serving (core.generation.transformers_backend):
+    # Every chat-turn marker ends a reply, as in serving (core.generation.chat_template):
     # a model that opens the next turn instead of closing its own is judged on what users see.
     stops = sorted({formatter.end_id, int(tokenizer.eos_token_id), *turn_token_ids(tokenizer)})
     prompts = [_fit_prompt(formatter, ex, max(16, seq_len - max_new_tokens)) for ex in examples]
@@ -407,12 +407,12 @@ def run_evaluation(
     """
     from dataclasses import replace
 
-    from core.generation.profiles import (
+    from core.generation.local.profiles import (
         build_model_spec,
         default_adapter_dir,
         resolve_profile_name,
     )
-    from core.generation.transformers_backend import load_model
+    from core.generation.local.transformers_generator import load_model
     from core.mood import create_mood_detector
     from training.train_lm import TrainingError, is_gguf, with_gguf
 

@@ -35,8 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from core.generation.chat_template import (
+    detect_system_role,
+    render_chat,
+    template_messages,
+    text_ids,
+)
 from core.personas import LENGTH_INSTRUCTIONS, Persona
-from core.prompting import fold_system_prompt
 from core.types import ChatMessage, LengthPreset, Mood, Role
 from training.dailydialog import DatasetError, Dialogue, load_split
 
@@ -429,19 +434,6 @@ def load_examples(
 # -- tokenisation ----------------------------------------------------------------------------
 
 
-def detect_system_role(tokenizer: Any) -> bool:
-    """Whether the chat template renders a system message (Mistral's raises on one)."""
-    probe = [
-        {"role": "system", "content": "SYSTEM-PROBE"},
-        {"role": "user", "content": "u"},
-    ]
-    try:
-        rendered = tokenizer.apply_chat_template(probe, tokenize=False)
-    except Exception:
-        return False
-    return "SYSTEM-PROBE" in str(rendered)
-
-
 class ChatFormatter:
     """Renders examples with the base model's own chat template and masks the labels.
 
@@ -465,9 +457,8 @@ class ChatFormatter:
         first = tokenizer.convert_ids_to_tokens(self._ids("a")[:1])
         self.dummy_prefix = bool(first) and str(first[0]).startswith("\u2581")
 
-    # The template writes BOS itself; tokenising with special tokens would double it.
     def _ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return text_ids(self.tokenizer, text)
 
     def _end_of_turn_id(self) -> int:
         """The special token the template closes an assistant turn with (``<|im_end|>``,
@@ -493,15 +484,15 @@ class ChatFormatter:
 
     def chat(self, messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
         """Messages as the template receives them (system folded in where it has no role)."""
-        if not self.system_role:
-            messages = fold_system_prompt(messages)
-        return [{"role": m.role, "content": m.content} for m in messages]
+        return template_messages(messages, system_role=self.system_role)
 
     def render(self, messages: Sequence[ChatMessage], *, generation_prompt: bool = False) -> str:
-        text = self.tokenizer.apply_chat_template(
-            self.chat(messages), tokenize=False, add_generation_prompt=generation_prompt
+        return render_chat(
+            self.tokenizer,
+            messages,
+            system_role=self.system_role,
+            generation_prompt=generation_prompt,
         )
-        return str(text)
 
     def prompt_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The prompt a generator would send for these messages (the reply not included)."""

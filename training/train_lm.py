@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.generation.quantization import keep_standard_nf4_layout
+from core.generation.local.quantization import compute_dtype, keep_standard_nf4_layout
 from training.sft_data import (
     ChatExample,
     ChatFormatter,
@@ -150,15 +150,6 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def compute_dtype(device: str) -> Any:
-    """bf16 where the GPU supports it, fp16 on older GPUs, fp32 on a CPU."""
-    import torch
-
-    if device != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def is_gguf(base_model: str | None) -> bool:
     return base_model is not None and base_model.lower().endswith(".gguf")
 
@@ -190,8 +181,8 @@ def resolve_base_model(
     """
     from pydantic import ValidationError
 
-    from core.generation.profiles import HUB_IDS, PROFILES, build_model_spec
-    from core.generation.transformers_backend import resolve_weights
+    from core.generation.local.profiles import HUB_IDS, PROFILES, build_model_spec
+    from core.generation.local.transformers_generator import resolve_weights
     from core.settings import Settings, default_data_dir
 
     cache = Path(cache_dir) if cache_dir else default_data_dir() / "cache"

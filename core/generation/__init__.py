@@ -1,5 +1,5 @@
-"""Generation backends behind the :class:`~core.generation.base.Generator` port."""
+"""Generation backends behind the :class:`~core.generation.generator.Generator` port."""
 
-from core.generation.base import Generation, Generator
+from core.generation.generator import Generation, Generator
 
 __all__ = ["Generation", "Generator"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from core.errors import ConfigError
-from core.generation.base import Generator
-from core.generation.profiles import build_model_spec
+from core.generation.generator import Generator
+from core.generation.local.profiles import build_model_spec
 from core.settings import Settings
 
 
@@ -17,14 +17,14 @@ async def create_generator(settings: Settings, *, persona_adapters: bool = False
     kept unmerged for peft to switch between them.
     """
     if settings.generator_backend == "transformers":
-        from core.generation.batching import BatchingConfig
-        from core.generation.transformers_backend import load_transformers_generator
+        from core.generation.batching.batch_scheduler import BatchingConfig
+        from core.generation.local.transformers_generator import load_transformers_generator
 
         spec = build_model_spec(settings, persona_adapters=persona_adapters)
         batching = BatchingConfig.from_settings(settings)
         return await asyncio.to_thread(load_transformers_generator, spec, batching)
     if settings.generator_backend == "openai":
-        from core.generation.openai_backend import create_openai_generator
+        from core.generation.remote.openai_generator import create_openai_generator
 
         return await create_openai_generator(settings)
     raise ConfigError(

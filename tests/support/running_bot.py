@@ -9,7 +9,7 @@ from typing import Any
 
 from core.bootstrap import build_engine
 from core.engine import Engine
-from core.generation.base import Generator
+from core.generation.generator import Generator
 from core.settings import Settings
 
 #: ``run_discord`` or ``run_telegram``: serve until the event is set, announcing progress.

@@ -10,9 +10,10 @@ gets the result at once, without waiting for the rest of the batch.
 transformers' own continuous-batching manager is not used: it samples with one setting per
 batch, has no stop strings or per-request seeds, and cannot switch LoRA adapters between
 batches. The decode loop here is plain ``model(...)`` calls on one of two running batches:
-a padded ``DynamicCache`` that grows and shrinks with the rows (:mod:`core.generation.kv_batch`,
-the default, best on CPUs), or a static KV cache with one slot per conversation whose decode
-step is replayed as a CUDA graph (:mod:`core.generation.slot_batch`, for GPUs).
+a padded ``DynamicCache`` that grows and shrinks with the rows
+(:mod:`core.generation.batching.padded_batch`, the default, best on CPUs), or a static KV
+cache with one slot per conversation whose decode step is replayed as a CUDA graph
+(:mod:`core.generation.batching.slot_batch`, for GPUs).
 
 Rules:
 
@@ -40,10 +41,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.errors import GenerationError, GeneratorBusyError
-from core.generation.base import Generation
-from core.generation.detokenize import Decode, IncrementalText
-from core.generation.kv_batch import PaddedBatch
-from core.generation.profiles import prompt_budget
+from core.generation.batching.incremental_text import Decode, IncrementalText
+from core.generation.batching.padded_batch import PaddedBatch
+from core.generation.generator import Generation
+from core.generation.local.profiles import prompt_budget
 from core.generation.sampling import BatchSampler, RowSampler
 from core.settings import Settings
 from core.types import SamplingParams
@@ -106,7 +107,8 @@ class BatchingConfig:
     what a static KV cache gives each conversation (capped by the model's context window)."""
     padded_prefill_rows: int | None = None
     """Static KV cache only: from this many prompts admitted at once, one padded pass
-    encodes them; None: never (see :data:`core.generation.slot_batch.PADDED_PREFILL_ROWS`)."""
+    encodes them; None: never (see
+    :data:`core.generation.batching.slot_batch.PADDED_PREFILL_ROWS`)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BatchingConfig:

@@ -42,7 +42,7 @@ QUANTIZATIONS: tuple[Quantization, ...] = ("nf4", "int4", "gemlite", "none")
 NF4Kernel = Literal["triton", "bitsandbytes"]
 NF4_KERNELS: tuple[NF4Kernel, ...] = ("triton", "bitsandbytes")
 """Which kernel multiplies NF4 weights by the few rows of a decode step on a GPU:
-``triton`` (core/generation/nf4_triton.py, bitsandbytes' own weights unpacked inside one
+``triton`` (core/generation/local/nf4_triton.py, bitsandbytes' own weights unpacked inside one
 kernel) or ``bitsandbytes`` (dequantise, then a bf16 product). Prompts always take
 bitsandbytes' path."""
 
@@ -104,13 +104,18 @@ def _gpu_format_unavailable_reason(
     return None
 
 
-def compute_dtype(device: str) -> Any:
-    """bf16 where the GPU has it (and on CPUs, as bitsandbytes computes there), else fp16."""
+def compute_dtype(device: str, *, cpu_dtype: Literal["float32", "bfloat16"] = "float32") -> Any:
+    """The dtype to compute in: on a GPU bf16 where it has it, else fp16; on a CPU ``cpu_dtype``.
+
+    Why the CPU answer is the caller's: serving's 4-bit layers ask for bf16 there, because
+    bitsandbytes computes in bf16 on a CPU, while training on a CPU loads the base model and
+    trains its LoRA weights in fp32 without autocast, so training (the default) keeps fp32.
+    """
     import torch
 
-    if device == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, cpu_dtype)
 
 
 def merge_adapter(model: Any, adapter: Path) -> Any:
@@ -144,15 +149,16 @@ def _linear_layers(model: Any, skip: Sequence[str]) -> list[tuple[Any, str, Any]
 def quantize_nf4(model: Any, device: str, skip: Sequence[str] = SKIP_MODULES) -> int:
     """Replace each ``nn.Linear`` but ``skip`` with a bitsandbytes NF4 layer on ``device``.
 
-    NF4 with double quantisation and compute in :func:`compute_dtype`: the same layers that
-    ``from_pretrained`` with a ``BitsAndBytesConfig`` builds. Each layer is quantised as it is
-    moved, and its full-precision weight dropped; the rest of the model follows it to
-    ``device``. Returns how many layers were replaced.
+    NF4 with double quantisation and compute in :func:`compute_dtype` (bf16 on a CPU, as
+    bitsandbytes computes there): the same layers that ``from_pretrained`` with a
+    ``BitsAndBytesConfig`` builds. Each layer is quantised as it is moved, and its
+    full-precision weight dropped; the rest of the model follows it to ``device``. Returns how
+    many layers were replaced.
     """
     import torch
     from bitsandbytes.nn.modules import Linear4bit, Params4bit
 
-    dtype = compute_dtype(device)
+    dtype = compute_dtype(device, cpu_dtype="bfloat16")
     replaced = 0
     for parent, name, child in _linear_layers(model, skip):
         layer = Linear4bit(
@@ -312,7 +318,7 @@ def select_nf4_kernel(model: Any, kernel: NF4Kernel, device: str) -> int:
     """
     if kernel != "triton" or device != "cuda":
         return 0
-    from core.generation.nf4_triton import triton_available, use_fused_nf4
+    from core.generation.local.nf4_triton import triton_available, use_fused_nf4
 
     if not triton_available():
         log.warning(

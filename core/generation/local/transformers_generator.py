@@ -3,8 +3,9 @@
 All model work runs on one dedicated worker thread: it keeps the event loop free while the
 model computes, and it serialises GPU work through a single queue so concurrent
 conversations never fight over GPU memory. Requests from concurrent conversations are
-decoded together in continuous batches by :class:`core.generation.batching.BatchScheduler`
-(per-request sampling, cancellation, a bounded queue), behind the same Generator port.
+decoded together in continuous batches by
+:class:`core.generation.batching.batch_scheduler.BatchScheduler` (per-request sampling,
+cancellation, a bounded queue), behind the same Generator port.
 """
 
 from __future__ import annotations
@@ -17,30 +18,31 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import GenerationError, ModelLoadError
-from core.generation.adapters import AdapterSet
-from core.generation.base import Generation
-from core.generation.batching import BatchingConfig, BatchScheduler, BatchStats, ModelFacts
-from core.generation.fast_decode import enable_compiled_decoding
-from core.generation.profiles import ModelSpec
-from core.generation.quantization import (
+from core.generation.batching.batch_scheduler import (
+    BatchingConfig,
+    BatchScheduler,
+    BatchStats,
+    ModelFacts,
+)
+from core.generation.batching.slot_batch import SlotBatch
+from core.generation.chat_template import detect_system_role, prompt_ids, turn_token_ids
+from core.generation.generator import Generation
+from core.generation.local.adapters import AdapterSet
+from core.generation.local.compiled_decoding import enable_compiled_decoding
+from core.generation.local.profiles import ModelSpec
+from core.generation.local.quantization import (
     compute_dtype,
     merge_adapter,
     quantize,
     select_nf4_kernel,
 )
-from core.generation.slot_batch import SlotBatch
-from core.prompting import fold_system_prompt
 from core.types import ChatMessage, SamplingParams
 
 log = logging.getLogger(__name__)
 
 
-def _as_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
-
-
 class TransformersGenerator:
-    """A :class:`~core.generation.base.Generator` over a local transformers model."""
+    """A :class:`~core.generation.generator.Generator` over a local transformers model."""
 
     def __init__(
         self,
@@ -142,39 +144,8 @@ class TransformersGenerator:
 
     # -- prompts ----------------------------------------------------------------------------
 
-    def _render(self, messages: Sequence[ChatMessage]) -> str:
-        if not self._system_role:
-            messages = fold_system_prompt(messages)
-        text = self._tokenizer.apply_chat_template(
-            _as_dicts(messages), tokenize=False, add_generation_prompt=True
-        )
-        return str(text)
-
     def _encode(self, messages: Sequence[ChatMessage]) -> list[int]:
-        # The chat template writes the BOS token itself; adding it again would double it.
-        ids = self._tokenizer(self._render(messages), add_special_tokens=False)["input_ids"]
-        return list(ids)
-
-
-#: Special tokens that open or close a chat turn in common templates (ChatML, Llama 3, Phi,
-#: Gemma). An assistant reply is over once the model writes any of them, whatever the
-#: generation config's end-of-sequence token says: a fine-tuned model may close its turn by
-#: opening the next one, and it must not go on to write the user's next message.
-TURN_TOKENS = (
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<|start_header_id|>",
-    "<|end|>",
-    "<start_of_turn>",
-    "<end_of_turn>",
-)
-
-
-def turn_token_ids(tokenizer: Any) -> set[int]:
-    """Ids of the :data:`TURN_TOKENS` this tokenizer has as tokens of their own."""
-    vocab = tokenizer.get_vocab()
-    return {int(vocab[token]) for token in TURN_TOKENS if token in vocab}
+        return prompt_ids(self._tokenizer, messages, system_role=self._system_role)
 
 
 def model_facts(model: Any, tokenizer: Any) -> ModelFacts:
@@ -197,7 +168,7 @@ def model_facts(model: Any, tokenizer: Any) -> ModelFacts:
 
 
 def _convert_gguf_once(spec: ModelSpec) -> Path:
-    """Dequantise the GGUF into safetensors once; later starts load it in about a second."""
+    """Dequantise the GGUF into safetensors once; later starts load the converted copy."""
     assert spec.converted_dir is not None and spec.gguf_file is not None
     target = spec.converted_dir
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
@@ -222,17 +193,6 @@ def _convert_gguf_once(spec: ModelSpec) -> Path:
     except OSError:  # another process finished first; its copy is as good as ours
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _detect_system_role(tokenizer: Any) -> bool:
-    # A distinctive probe: a plain "s" would be found in "<s>" or "<|im_start|>" even when the
-    # template silently drops the system message.
-    probe = [{"role": "system", "content": "SYSTEM-PROBE"}, {"role": "user", "content": "u"}]
-    try:
-        rendered = tokenizer.apply_chat_template(probe, tokenize=False)
-    except Exception:
-        return False
-    return "SYSTEM-PROBE" in str(rendered)
 
 
 def resolve_weights(spec: ModelSpec) -> str | Path:
@@ -306,7 +266,7 @@ def _from_pretrained_kwargs(spec: ModelSpec, in_memory: bool) -> dict[str, Any]:
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype(spec.device),
+            bnb_4bit_compute_dtype=compute_dtype(spec.device, cpu_dtype="bfloat16"),
         )
     if spec.device == "cuda":
         kwargs["device_map"] = {"": 0}
@@ -328,7 +288,7 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
     source = resolve_weights(spec)
     # NF4 without merging is quantised by from_pretrained itself; int4, gemlite, and NF4 with
     # the adapter merged, load full-precision weights on the CPU and quantise them layer by
-    # layer onto the device (core/generation/quantization.py), merging the adapter first.
+    # layer onto the device (core/generation/local/quantization.py), merging the adapter first.
     in_memory = spec.quantization in ("int4", "gemlite") or (
         spec.quantization == "nf4" and spec.merge_adapter and spec.adapter is not None
     )
@@ -362,12 +322,12 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, bool]:
             ) from exc
     if spec.compile and spec.quantization in ("int4", "none"):
         # generate() (personabot eval) with a static cache and torch.compile; bitsandbytes'
-        # layers gain little from compiling (24.6 against 21.9 tokens/s at batch 1) while
-        # every batch size costs a minute's compilation (GemLite's layers were not tried).
+        # layers gain little from compiling (see docs/benchmarks.md#decode-speed-gpu) while
+        # every batch size costs a long compilation (GemLite's layers were not tried).
         # The scheduler does not use this.
         enable_compiled_decoding(model)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    system_role = _detect_system_role(tokenizer) if spec.system_role is None else spec.system_role
+    system_role = detect_system_role(tokenizer) if spec.system_role is None else spec.system_role
     return model, tokenizer, system_role

@@ -2,7 +2,7 @@
 
 A deployment that outgrows one GPU, or already runs a serving engine, moves generation
 there while the bots stay where they are. The engine does not notice: this is the same
-:class:`~core.generation.base.Generator` port, spoken over ``/v1/chat/completions``.
+:class:`~core.generation.generator.Generator` port, spoken over ``/v1/chat/completions``.
 
 Why httpx and not the ``openai`` package: the extra sampling fields vLLM and llama.cpp
 accept (``top_k``, the repetition penalty) and the non-OpenAI endpoints read at start-up
@@ -30,8 +30,8 @@ import httpx
 from httpx_sse import EventSource, SSEError
 
 from core.errors import ConfigError, GenerationError
-from core.generation.base import Generation
-from core.generation.token_counting import ChatTokenCounter, load_token_counter
+from core.generation.generator import Generation
+from core.generation.remote.chat_token_counter import ChatTokenCounter, load_token_counter
 from core.redaction import redact
 from core.settings import Settings
 from core.types import ChatMessage, SamplingParams
@@ -102,7 +102,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 class OpenAIGenerator:
-    """A :class:`~core.generation.base.Generator` over an OpenAI-compatible HTTP server."""
+    """A :class:`~core.generation.generator.Generator` over an OpenAI-compatible HTTP server."""
 
     def __init__(
         self,

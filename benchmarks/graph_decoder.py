@@ -1,39 +1,17 @@
-"""Static KV cache + torch.compile (CUDA graphs) for decoding with ``generate``.
+"""Greedy decoding whose whole one-token step is one CUDA graph, for the decode benchmarks.
 
-Why: at batch 1 a 7B model's decode step is a few hundred small kernels, and launching them
-one by one from Python costs more than the GPU takes to run them (bf16 eager decodes at about
-10 tokens/s on an H100, compiled at over 100; docs/benchmarks.md). A static cache gives every
-step the same tensor shapes, so transformers' ``generate`` compiles the step once with
-``mode="reduce-overhead"`` and replays it as one CUDA graph.
-
-Costs to know: the first reply after start-up, and the first at each new batch size or
-larger cache, waits for the compilation (tens of seconds for a 7B model); the cache only ever
-grows, so this settles after a few replies. transformers compiles only on GPUs: on a CPU the
-static cache is used without compilation, which gains nothing, so the loader refuses it there.
+Only :mod:`benchmarks.decode_speed` decodes this way: serving uses the batching scheduler and
+``personabot eval`` uses ``generate`` (compiled by
+:func:`~core.generation.local.compiled_decoding.enable_compiled_decoding`), so this path
+lives beside the benchmark that measures it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from core.generation.cache_keyword import cache_keyword
-
-COMPILE_MODE = "reduce-overhead"
-"""torch.compile mode: inductor kernels captured into CUDA graphs."""
-
-
-def enable_compiled_decoding(model: Any, *, fullgraph: bool = False) -> None:
-    """Make ``model.generate`` decode with a static KV cache and a compiled forward step.
-
-    ``fullgraph=False`` lets torch.compile split the graph where a layer cannot be traced
-    (bitsandbytes' NF4 layers) instead of failing; fully traceable models (bf16, torchao
-    int4) compile into one graph either way.
-    """
-    from transformers import CompileConfig
-
-    config = model.generation_config
-    config.cache_implementation = "static"
-    config.compile_config = CompileConfig(fullgraph=fullgraph, mode=COMPILE_MODE)
+from core.generation.local.cache_keyword import cache_keyword
+from core.generation.local.compiled_decoding import COMPILE_MODE
 
 
 class GraphDecoder:

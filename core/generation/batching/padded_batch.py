@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from core.generation.cache_keyword import with_cache
+from core.generation.local.cache_keyword import with_cache
 
 
 class PaddedBatch:

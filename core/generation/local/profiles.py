@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelLoadError
-from core.generation.quantization import (
+from core.generation.local.quantization import (
     NF4Kernel,
     Quantization,
     gemlite_unavailable_reason,
@@ -44,7 +44,7 @@ class ModelSpec:
     gguf_file: str | None
     """GGUF file name inside ``source`` when the weights are GGUF."""
     converted_dir: Path | None
-    """Where converted GGUF weights are cached, so the ~20 s conversion runs once."""
+    """Where converted GGUF weights are cached, so the slow conversion runs once."""
     quantization: Quantization
     """Weight format: 'nf4' (bitsandbytes), 'int4' (torchao, CUDA), 'gemlite' (CUDA) or
     'none'."""
@@ -55,7 +55,7 @@ class ModelSpec:
     merge_adapter: bool = False
     """Fold ``adapter`` into the weights at load, before quantising (see quantization.py)."""
     compile: bool = False
-    """Decode with a static KV cache and torch.compile (see fast_decode.py)."""
+    """Decode with a static KV cache and torch.compile (see compiled_decoding.py)."""
     nf4_kernel: NF4Kernel = "triton"
     """NF4's decode-step kernel on a GPU (see quantization.select_nf4_kernel)."""
 
@@ -102,7 +102,7 @@ def smollm2_package_dir() -> Path:
     )
 
 
-SHIPPED_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
+SHIPPED_ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
 """Adapters committed with the code (``core/adapters/<profile>-dailydialog``)."""
 
 NO_ADAPTER = ("none", "off")
@@ -181,11 +181,10 @@ def _resolve_quantization(
     """The weight format: explicit setting, else the older load_in_4bit, else the profile's.
 
     ``auto`` is NF4 for the 7B: with the slot batch's CUDA graphs it serves 32 conversations
-    at over 3x int4's throughput (779-913 against 235 tokens/s), because tinygemm is slow at
-    prompts and at batch 32, and ahead of gemlite's (1,010 tokens/s on an H200), which also
-    tunes its kernels for over a minute at every start; both are ahead of NF4 only for a few
-    conversations at a time. docs/benchmarks.md, "Decode speed (GPU)" and "Serving under
-    load".
+    at several times int4's throughput, because tinygemm is slow at prompts and at batch 32,
+    and close to gemlite's, which also tunes its kernels for a long time at every start; both
+    are ahead of NF4 only for a few conversations at a time (see docs/benchmarks.md#decode-speed-gpu
+    and docs/benchmarks.md#serving-under-load).
     """
     chosen = settings.quantization
     legacy = settings.load_in_4bit
@@ -218,8 +217,9 @@ def _resolve_quantization(
 def _resolve_compile(settings: Settings, quantization: Quantization, device: str) -> bool:
     """CUDA-graph decoding on the static slot cache: the default on every GPU format.
 
-    It is what makes 4-bit serving fast (NF4 at batch 1: 143 tokens/s against 22 eager;
-    docs/benchmarks.md). Capturing takes seconds at start-up, not a compilation per shape.
+    It is what makes 4-bit serving fast (eager NF4 decoding is launch-bound; see
+    docs/benchmarks.md#decode-speed-gpu). Capturing happens once at start-up, not a compilation per
+    shape.
     """
     if settings.compile is None:
         return device == "cuda"

@@ -52,7 +52,7 @@ def expected_base_model(settings: Settings) -> str:
     ``personabot train`` records the profile's Hub id (or ``--base-model``) in the adapter's
     ``base_model_name_or_path``; PERSONABOT_MODEL_PATH replaces the profile's weights.
     """
-    from core.generation.profiles import HUB_IDS, resolve_profile_name
+    from core.generation.local.profiles import HUB_IDS, resolve_profile_name
 
     if settings.model_path:
         return settings.model_path

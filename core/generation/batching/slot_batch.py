@@ -2,8 +2,9 @@
 
 Why: a 7B decode step is a few hundred small kernels, and launching them one by one from
 Python takes longer than the GPU needs to run them. The padded batch of
-:mod:`core.generation.kv_batch` changes shape at every step, so it cannot be captured, and
-the scheduler decoded eagerly at about 20 tokens/s per row on an H100 (docs/benchmarks.md).
+:mod:`core.generation.batching.padded_batch` changes shape at every step, so it cannot be
+captured, and the scheduler decoded eagerly, bound by kernel launches (see
+docs/benchmarks.md#decode-speed-gpu).
 Here every tensor a decode step touches has a fixed address:
 
 - each layer's keys and values live in one buffer of ``[slots, kv_heads, capacity, head_dim]``;
@@ -18,7 +19,7 @@ Here every tensor a decode step touches has a fixed address:
   (32 to 512 tokens), several pieces per pass (of one prompt or of several), padded to a
   (rows, chunk) bucket of at most :data:`PREFILL_TOKENS` tokens, each pass a replay of its
   own captured graph: an eager
-  pass costs about 0.1 s of kernel launches from Python whatever the prompt's length, and
+  pass costs its kernel launches from Python whatever the prompt's length, and
   every running row waits for it; and one pass for several prompts reads (and, in 4-bit,
   dequantises) the weights once for all of them. (A burst of many prompts can instead go
   through one padded eager pass, ``padded_prefill_rows``; off by default, see
@@ -29,7 +30,8 @@ Here every tensor a decode step touches has a fixed address:
   prompt that starts with tokens a free slot holds encodes only the rest (prefix reuse).
   Each message of a conversation repeats the previous prompt and reply before the new
   message, so most of its prompt is already there; without this every message re-encoded
-  the whole history, which was most of the GPU's work under load (docs/benchmarks.md).
+  the whole history, which was most of the GPU's work under load (see
+  docs/benchmarks.md#serving-under-load).
   Reuse matches token ids, so it is exact: the same tokens at the same positions under the
   same adapter have the same keys and values.
 
@@ -49,8 +51,8 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from core.errors import GenerationError
-from core.generation.cache_keyword import with_cache
-from core.generation.kv_batch import PaddedBatch, cache_layers
+from core.generation.batching.padded_batch import PaddedBatch, cache_layers
+from core.generation.local.cache_keyword import with_cache
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,9 @@ _T = TypeVar("_T")
 
 PASS_OVERHEAD_TOKENS = 256
 """What one prompt pass costs besides its tokens, in tokens: reading (in 4-bit, dequantising)
-every weight once. On an H200 a Mistral-7B's NF4 linears took 11 ms for 32 rows and 47 ms
-for 2,048 (docs/benchmarks.md), about 400 tokens' worth; bf16 pays less. It only tips the
-choice of chunk size between plans of nearly equal padding."""
+every weight once, a few hundred tokens' worth for a Mistral-7B in NF4 (see
+docs/benchmarks.md#decode-speed-gpu); bf16 pays less. It only tips the choice of chunk size between
+plans of nearly equal padding."""
 
 MIN_WIDTH_BUCKET = 128
 """Narrowest attention width captured: below it the saving is not worth another graph."""
@@ -70,14 +72,14 @@ PREFILL_CHUNKS = (32, 64, 128, 256, 512)
 
 PREFILL_TOKENS = 2048
 """Most tokens (prompts times chunk) one captured prompt pass holds: enough to encode a
-burst of prompts in few passes, small enough that a pass's activations stay near 200 MB
-for a Mistral-7B and every running row waits at most a few tens of milliseconds."""
+burst of prompts in few passes, small enough that a pass's activations stay small for a
+Mistral-7B and every running row waits only briefly (see docs/benchmarks.md#serving-under-load)."""
 
 PADDED_PREFILL_ROWS: int | None = None
 """From this many prompts admitted at once, one padded eager pass encodes them all instead
 of the captured prompt passes; None: never. The padded pass reuses no prefix and its
-activations grow with the burst (3 GB more at the peak for 32 prompts of a Mistral-7B);
-under load it measured clearly slower than the captured passes (docs/benchmarks.md)."""
+activations grow with the burst; under load it measured clearly slower than the captured
+passes (see docs/benchmarks.md#serving-under-load)."""
 
 COMPARE_RUN = 256
 """Tokens compared at a time when looking for a free slot's shared prefix (list slices
@@ -279,8 +281,8 @@ def _slot_cache(keys: list[Any], values: list[Any], view: _View) -> Any:
 class SlotBatch:
     """The rows being decoded, in KV-cache slots ``0 .. rows-1`` (see the module docstring).
 
-    The interface matches :class:`~core.generation.kv_batch.PaddedBatch`, so the scheduler
-    drives either.
+    The interface matches :class:`~core.generation.batching.padded_batch.PaddedBatch`, so the
+    scheduler drives either.
     """
 
     def __init__(

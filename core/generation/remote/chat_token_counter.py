@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
-from core.generation.profiles import (
+from core.generation.chat_template import detect_system_role, prompt_ids
+from core.generation.local.profiles import (
     HUB_IDS,
     MISTRAL_7B,
     SMOLLM2_135M,
@@ -54,16 +55,9 @@ class ChatTokenCounter:
         return list(messages) if self.system_role else fold_system_prompt(messages)
 
     def count(self, messages: Sequence[ChatMessage]) -> int:
-        prepared = self.prepare(messages)
         if self._tokenizer is None:
-            return estimate_tokens(prepared)
-        text = self._tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in prepared],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        # The chat template writes the BOS token itself; adding it again would double it.
-        return len(self._tokenizer(str(text), add_special_tokens=False)["input_ids"])
+            return estimate_tokens(self.prepare(messages))
+        return len(prompt_ids(self._tokenizer, messages, system_role=self.system_role))
 
 
 def estimate_tokens(messages: Sequence[ChatMessage]) -> int:
@@ -79,13 +73,6 @@ def _load_tokenizer(source: str | Path, **kwargs: Any) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(source), **kwargs)
-
-
-def _has_system_role(tokenizer: Any) -> bool:
-    # The local backend's probe, so both backends fold the system prompt for the same models.
-    from core.generation.transformers_backend import _detect_system_role
-
-    return _detect_system_role(tokenizer)
 
 
 def _smollm2_tokenizer(settings: Settings) -> Any:
@@ -113,7 +100,7 @@ def load_token_counter(settings: Settings) -> ChatTokenCounter:
                 "can download, or unset it to estimate token counts."
             ) from None
         return ChatTokenCounter(
-            tokenizer, system_role=_has_system_role(tokenizer), source=settings.openai_tokenizer
+            tokenizer, system_role=detect_system_role(tokenizer), source=settings.openai_tokenizer
         )
     profile = settings.model_profile
     if profile == SMOLLM2_135M and settings.model_path is None:
@@ -132,7 +119,7 @@ def load_token_counter(settings: Settings) -> ChatTokenCounter:
             )
             return ChatTokenCounter(None, system_role=profile != MISTRAL_7B, source="estimate")
         # Mistral's template rejects a system turn, as in the local backend.
-        system_role = profile != MISTRAL_7B and _has_system_role(tokenizer)
+        system_role = profile != MISTRAL_7B and detect_system_role(tokenizer)
         return ChatTokenCounter(tokenizer, system_role=system_role, source=f"{source} tokenizer")
     log.info(
         "No tokenizer configured for the generation server: estimating token counts. Set "

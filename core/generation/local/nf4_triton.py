@@ -2,9 +2,9 @@
 
 Why: for more than one row, bitsandbytes dequantises every NF4 weight to bf16 in a kernel of
 its own and then runs a bf16 matrix product, so a decode step of 32 rows reads the packed
-weights, writes them out again in bf16 and reads that back: at Mistral-7B's shapes on an
-H200 its linear layers take 11.4 ms a step against 4.5 ms for bf16 weights, which caps NF4
-serving under load (docs/benchmarks.md). The kernel here reads the packed 4-bit codes and
+weights, writes them out again in bf16 and reads that back, which makes its linear layers
+far slower than bf16 weights' and caps NF4 serving under load (see
+docs/benchmarks.md#decode-speed-gpu). The kernel here reads the packed 4-bit codes and
 their double-quantised block scales once, looks the codes up in the NF4 table, scales them
 and multiplies in registers, so a step reads each weight's half byte and nothing more.
 
@@ -13,10 +13,10 @@ memory use, adapters merged at load and pre-quantised checkpoints stay as they a
 and torchao's tinygemm, the libraries tried first, need formats of their own and did not
 beat bitsandbytes at 32 rows. Layers switch kernels per call by row count
 (:data:`FUSED_MAX_ROWS`): prompt passes of hundreds of rows keep bitsandbytes' path, where
-one bf16 product of many rows pays for the dequantisation. On an H200 the seven projections
-of a 32-row step at Mistral-7B's shapes take 6.8 ms for 32 layers here against 11.5 ms in
-bitsandbytes; at one row bitsandbytes' own fused kernel is faster and keeps the call
-(:func:`choose_tiling` reads which from the measured table, ``nf4_tiles.json``).
+one bf16 product of many rows pays for the dequantisation. Decode steps of many rows run
+faster here than in bitsandbytes; at one row bitsandbytes' own fused kernel is faster and
+keeps the call (:func:`choose_tiling` reads which from the measured table,
+``nf4_tiles.json``; figures in docs/benchmarks.md#decode-speed-gpu).
 
 The kernel also runs in Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors, fp16 or
 fp32: numpy has no bf16), which is how the tests check it against bitsandbytes on a CPU.
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.generation.quantization import packed_for_cpu
+from core.generation.local.quantization import packed_for_cpu
 
 FUSED_MAX_ROWS = 64
 """Rows up to which a layer may run this kernel; more rows (prompt passes) go to bitsandbytes."""
@@ -215,7 +215,7 @@ def _kernels() -> tuple[Any, Any]:
         # Each inner step takes one quantisation block of the input dimension, so its scale
         # is one number per output feature and nothing needs reshaping: reshapes and
         # interleaves of the weight tile cost an earlier version all its registers (spills,
-        # ~10x slower than bitsandbytes). Two codes a byte, the high nibble first, in the
+        # far slower than bitsandbytes). Two codes a byte, the high nibble first, in the
         # row-major order of the (out_features, in_features) weight (bitsandbytes' packing):
         # the high nibbles meet the even inputs and the low ones the odd, in two products.
         pid_n = tl.program_id(0)
@@ -251,7 +251,7 @@ def _kernels() -> tuple[Any, Any]:
                     scale = tl.load(absmax_ptr + scale_at + block, mask=col_ok, other=0.0)
                 # The 16 NF4 values scaled once for each feature, then looked up in
                 # registers (tl.gather: warp shuffles); one load a code from the table in
-                # memory measured slower at every shape (docs/benchmarks.md).
+                # memory measured slower at every shape (docs/benchmarks.md#decode-speed-gpu).
                 table = (codes[:, None] * scale[None, :]).to(x_ptr.dtype.element_ty)
                 high = tl.gather(table, (packed >> 4).to(tl.int32), 0)
                 low = tl.gather(table, (packed & 15).to(tl.int32), 0)

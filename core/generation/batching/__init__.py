@@ -1,0 +1,1 @@
+"""Decoding many conversations' requests together: the scheduler and its KV-cache batches."""

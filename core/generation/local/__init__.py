@@ -1,0 +1,1 @@
+"""Loading and running a transformers model in this process: weights, quantisation, adapters."""

@@ -1,0 +1,1 @@
+"""Generation on a server reached over HTTP (an OpenAI-compatible chat-completions API)."""
