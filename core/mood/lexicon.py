@@ -1,12 +1,11 @@
-"""Mood detection: which of DailyDialog's seven emotions a chat message most likely carries.
+"""The lexicon mood detector: hand-written word lists plus a few rules, no model.
 
-The engine asks a :class:`MoodDetector` for the mood of every user message and hands the
-persona's matching guidance to the model, so the detector sits on the hot path of every reply.
-:class:`LexiconMoodDetector` is the first real implementation: a hand-written lexicon plus a
-few rules (negation, intensifiers, exclamation and question cues, emoji and emoticons). It
-needs no model, no downloads and no GPU, runs in microseconds, and is good enough to make
-personas react sensibly to clear emotions; a trained classifier can replace it later through
-:func:`create_mood_detector` without the engine noticing.
+:class:`LexiconMoodDetector` scores a message from word and phrase cues, emoji and emoticons,
+adjusted for negation, intensifiers, exclamation and question cues. It needs no model, no
+downloads and no GPU, and is cheap enough to run inline on the event loop; it makes personas
+react sensibly to clear emotions, and it is the detector to choose where a model-backed one
+cannot be installed. Its quality and speed next to the other detectors are in
+docs/benchmarks.md#mood-detection.
 
 Design notes, because a lexicon lives or dies by its details:
 
@@ -25,10 +24,8 @@ Design notes, because a lexicon lives or dies by its details:
 * **Long messages need more evidence.** One "good" in a forty-word message about train times
   is a passing word, so the threshold grows with length beyond ten words.
 
-Quality, measured as micro-F1 over the six emotions (NO_EMOTION is neither a hit nor a miss)
-on DailyDialog: 0.495 on the training split the weights were checked against, 0.504 on the
-validation split, which was used only for that measurement. Most of what remains is label
-noise a lexicon cannot see (DailyDialog marks "Thanks." as happiness about 60% of the time).
+Much of what a lexicon gets wrong on DailyDialog is label noise it cannot see: the corpus
+marks a plain "Thanks." as happiness more often than not.
 """
 
 from __future__ import annotations
@@ -36,40 +33,16 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Final, Protocol, runtime_checkable
+from typing import Final
 
-from core.errors import ConfigError
+from core.mood.detector import EMOTIONS
 from core.types import Mood, MoodResult
 
 __all__ = [
-    "DETECTORS",
-    "EMOTIONS",
     "EMOTION_THRESHOLD",
     "LexiconMoodDetector",
-    "MoodDetector",
-    "create_mood_detector",
     "tokenize",
 ]
-
-#: The six moods that are an emotion (everything but NO_EMOTION), in DailyDialog order.
-EMOTIONS: Final[tuple[Mood, ...]] = tuple(m for m in Mood if m is not Mood.NO_EMOTION)
-
-
-@runtime_checkable
-class MoodDetector(Protocol):
-    """Anything that can tell the mood of one chat message.
-
-    ``detect`` is async so that model-backed detectors can run off the event loop; cheap ones
-    simply compute the answer. ``previous`` is the message before this one in the same
-    conversation (either side), for detectors that use context; it may be ignored.
-    """
-
-    name: str
-
-    async def detect(self, text: str, previous: str | None = None) -> MoodResult:
-        """The most likely mood of ``text`` and how sure the detector is (0-1)."""
-        ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -774,36 +747,3 @@ def _next_is_cue(tokens: list[str], lowered: list[str], start: int) -> bool:
 
 def _shouted(token: str) -> bool:
     return len(token) >= 3 and token.isalpha() and token.isupper()
-
-
-# --------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------
-
-#: Detector names accepted by :func:`create_mood_detector` (``Settings.mood_detector``).
-DETECTORS: Final[tuple[str, ...]] = ("classifier", "lexicon", "tfidf", "text2emotion")
-
-
-def create_mood_detector(name: str, *, cache_dir: Path | None = None) -> MoodDetector:
-    """Build the detector called ``name``; raises :class:`ConfigError` listing valid names.
-
-    ``cache_dir`` (``Settings.resolved_cache_dir``) is where a model-backed detector may keep
-    converted weights between runs (the classifier's ONNX export); without it they are
-    rebuilt in memory at every load.
-    """
-    key = name.strip().lower()
-    if key == "lexicon":
-        return LexiconMoodDetector()
-    if key == "classifier":
-        from core.mood_classifier import ClassifierMoodDetector
-
-        return ClassifierMoodDetector.load(cache_dir=cache_dir)
-    if key == "tfidf":
-        from core.mood_tfidf import TfidfMoodDetector
-
-        return TfidfMoodDetector.load()
-    if key == "text2emotion":
-        from core.mood_text2emotion import Text2EmotionMoodDetector
-
-        return Text2EmotionMoodDetector.load()
-    raise ConfigError(f"Unknown mood detector {name!r}. Choose one of: {', '.join(DETECTORS)}.")
