@@ -46,12 +46,12 @@ def build(name: str, args: argparse.Namespace) -> tuple[MoodDetector, dict[str, 
             "threshold": baseline.threshold,
         }
     if name == "tfidf":
-        from core.mood_tfidf import TfidfMoodDetector
+        from core.mood.tfidf import TfidfMoodDetector
 
         return TfidfMoodDetector.load(args.tfidf_model), {"model": str(args.tfidf_model)}
     started = time.perf_counter()
     if name == "classifier" and args.classifier_backend != "onnx":
-        from core.mood_classifier import ClassifierMoodDetector
+        from core.mood.classifier import ClassifierMoodDetector
 
         detector: MoodDetector = ClassifierMoodDetector.load(
             backend=args.classifier_backend, cache_dir=args.cache_dir

@@ -30,7 +30,10 @@ def train_mood(
         ),
     ],
     output: Annotated[
-        Path, typer.Option(help="Artifact folder to write (the shipped one is core/mood_model).")
+        Path,
+        typer.Option(
+            help="Artifact folder to write (the shipped one is core/mood/classifier_model)."
+        ),
     ] = Path("mood_model"),
     epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Utterances per step.")] = 64,
@@ -51,10 +54,10 @@ def train_mood(
     It keeps the best epoch by validation micro-F1 over the six emotions, fits a calibration
     temperature and the "no emotion" threshold on validation. On a GPU it takes a few
     minutes; on a CPU about an hour per epoch. Point PERSONABOT_MOOD_DETECTOR=classifier at
-    the result by copying it over core/mood_model (the default artifact).
+    the result by copying it over core/mood/classifier_model (the default artifact).
     """
     settings_or_exit(config)
-    from core.mood_classifier import DEFAULT_ARTIFACT  # imports torch: only when training
+    from core.mood.classifier import DEFAULT_ARTIFACT  # imports torch: only when training
     from training.dailydialog import DatasetError
     from training.train_mood import MoodTrainConfig, train_mood_classifier
 

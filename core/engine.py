@@ -24,7 +24,7 @@ from core.errors import (
 from core.generation.generator import Generator
 from core.generation.local.profiles import prompt_budget
 from core.mood import MoodDetector
-from core.mood_trend import MoodTrend
+from core.mood.trend import MoodTrend
 from core.observability import Metrics, log_event
 from core.ordering import TurnQueue
 from core.personas import GLOBAL, Persona, PersonaCatalog

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from core.mood_trend import HEAVY, MoodTrend
+from core.mood.trend import HEAVY, MoodTrend
 from core.personas import LENGTH_INSTRUCTIONS, Persona
 from core.text import defuse_special_tokens
 from core.types import ChatMessage, LengthPreset, Mood, MoodResult, StoredMessage

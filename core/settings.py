@@ -236,8 +236,9 @@ class Settings(BaseSettings):
     mood_detector: MoodDetectorName = Field(
         default="classifier",
         description="Which mood detector classifies user messages: 'classifier' (the "
-        "trained MiniLM model, see `core/mood_model/MODEL_CARD.md`), 'lexicon', 'tfidf' or "
-        "'text2emotion' (optional extra); see docs/personas-and-moods.md#mood-detection.",
+        "trained MiniLM model, see `core/mood/classifier_model/MODEL_CARD.md`), 'lexicon', "
+        "'tfidf' or 'text2emotion' (optional extra); see "
+        "docs/personas-and-moods.md#mood-detection.",
     )
     persona_dir: Path | None = Field(
         default=None,

@@ -1,4 +1,4 @@
-"""Splitting long replies for chat platforms (core/chunking.py)."""
+"""Splitting long replies for chat platforms (bots/conversation/chunking.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.chunking import MIN_LIMIT, find_code_blocks, split_message
+from bots.conversation.chunking import MIN_LIMIT, find_code_blocks, split_message
 
 FENCE_LINE = re.compile(r"^\s*`{3,}[^`\n]*$", re.MULTILINE)
 

@@ -1,10 +1,10 @@
-"""Per-user cooldowns (core/cooldown.py)."""
+"""Per-user cooldowns (bots/conversation/cooldown.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.cooldown import CommandBudget, Cooldown, CooldownCheck, RateLimits
+from bots.conversation.cooldown import CommandBudget, Cooldown, CooldownCheck, RateLimits
 
 
 class Clock:

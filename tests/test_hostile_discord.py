@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from bots.conversation.chunking import find_code_blocks
 from bots.discord import PersonaBotClient
 from bots.discord.sending import MESSAGE_LIMIT, send_text
-from core.chunking import find_code_blocks
 from core.personas import persona_from_mapping
 from tests.fake_discord import BOT_ID, BOT_ROLE_ID, GENERAL, GUILD_ID, FakeDiscord
 from tests.support.discord_helpers import (

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
+from bots.conversation.chunking import find_code_blocks
 from bots.telegram.sending import send_text
-from core.chunking import find_code_blocks
 from core.personas import persona_from_mapping
 from tests.fake_telegram import BOT_USERNAME, FakeBotAPI
 from tests.support.running_bot import RunningBot, StartBot

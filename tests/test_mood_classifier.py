@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from core.mood import create_mood_detector
-from core.mood_classifier import DEFAULT_ARTIFACT, EXPORT_SUBDIR, ClassifierMoodDetector
+from core.mood.classifier import DEFAULT_ARTIFACT, EXPORT_SUBDIR, ClassifierMoodDetector
 from core.settings import Settings
 from core.types import Mood
 

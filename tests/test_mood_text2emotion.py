@@ -19,7 +19,7 @@ import pytest
 
 from core.errors import ConfigError
 from core.mood import MoodDetector, create_mood_detector
-from core.mood_text2emotion import (
+from core.mood.text2emotion import (
     LABELS,
     Text2EmotionMoodDetector,
     install_emoji_shim,
@@ -168,7 +168,7 @@ _NO_NETWORK = textwrap.dedent(
         nltk.data.path[:] = [sys.argv[1]]
     outcome = "loaded"
     if sys.argv[2] == "ours":
-        import core.mood_text2emotion
+        import core.mood.text2emotion
         imported_early = "text2emotion" in sys.modules
         from core.errors import ConfigError
         from core.mood import create_mood_detector

@@ -11,7 +11,7 @@ import pytest
 
 from core.errors import ConfigError
 from core.mood import MoodDetector
-from core.mood_tfidf import TfidfMoodDetector, features
+from core.mood.tfidf import TfidfMoodDetector, features
 from core.types import Mood
 from training.dailydialog import load_split
 from training.mood_baselines import (

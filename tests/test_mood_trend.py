@@ -16,7 +16,7 @@ from bots.terminal import TerminalChat
 from core.bootstrap import build_engine
 from core.engine import Engine
 from core.generation.local.transformers_generator import TransformersGenerator
-from core.mood_trend import MoodTrend
+from core.mood.trend import MoodTrend
 from core.prompting import CARE_FIRST
 from core.types import Author, ConversationRef, Mood, MoodResult
 from tests.conftest import SettingsFactory, SharedGenerator

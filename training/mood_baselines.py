@@ -2,13 +2,13 @@
 
 The baseline answers "how much does a trained model buy over word counts?" in the benchmark,
 so it is trained the straightforward way: sublinear TF-IDF over the features of
-:func:`core.mood_tfidf.features`, multinomial logistic regression, and one decision
+:func:`core.mood.tfidf.features`, multinomial logistic regression, and one decision
 threshold. The threshold is tuned for micro-F1 over the six emotions on a seeded 10% of the
 *training* dialogues held out from a first fit; the final model is then refitted on the whole
 training split. Validation and test are never looked at.
 
     .venv/bin/python -m training.mood_baselines --data ../shared/data/dailydialog \
-        --output core/mood_tfidf_model
+        --output core/mood/tfidf_model
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from core.mood_tfidf import DEFAULT_ARTIFACT, TfidfMoodDetector, features
+from core.mood.tfidf import DEFAULT_ARTIFACT, TfidfMoodDetector, features
 from core.types import Mood
 from training.dailydialog import Dialogue, iter_utterances, load_split
 
@@ -59,7 +59,7 @@ def examples(dialogues: Sequence[Dialogue], context: bool) -> tuple[list[list[st
 
 def fit_sklearn(docs: list[list[str]], labels: list[int], config: TfidfConfig) -> tuple[Any, Any]:
     """The fitted vectorizer and model; features arrive pre-tokenised, so that inference in
-    :mod:`core.mood_tfidf` can rebuild them without scikit-learn."""
+    :mod:`core.mood.tfidf` can rebuild them without scikit-learn."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 

@@ -122,7 +122,7 @@ def train_mood_classifier(config: MoodTrainConfig) -> dict[str, Any]:
     from tqdm import tqdm
     from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
 
-    from core.mood_classifier import MoodNet, base_model_dir, save_artifact
+    from core.mood.classifier import MoodNet, base_model_dir, save_artifact
 
     random.seed(config.seed)
     torch.manual_seed(config.seed)

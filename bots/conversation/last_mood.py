@@ -4,7 +4,7 @@ and the trend of their recent ones."""
 from __future__ import annotations
 
 from core.engine import Engine
-from core.mood_trend import MoodTrend
+from core.mood.trend import MoodTrend
 from core.types import ConversationRef
 
 LOOKBACK = 50

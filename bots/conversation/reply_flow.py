@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from bots.conversation import texts
-from core.cooldown import CommandBudget, RateDecision, RateLimits
+from bots.conversation.cooldown import CommandBudget, RateDecision, RateLimits
 from core.engine import Engine
 from core.errors import PersonabotError
 from core.ordering import TurnQueue

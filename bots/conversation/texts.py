@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.errors import PersonabotError, StorageError
-from core.mood_trend import MoodTrend
+from core.mood.trend import MoodTrend
 from core.personas import Persona
 from core.types import LengthPreset, MoodResult
 

@@ -1,11 +1,11 @@
 """Getting a reply of any length into a Discord channel, and never pinging anyone with it.
 
 Every outgoing text goes through this module: split to Discord's 2,000-character limit on
-natural boundaries (:func:`core.chunking.split_message` keeps code blocks whole or closes and
-reopens them), sent with ``AllowedMentions.none()`` so that "@everyone", role or user
-mentions written by the model (or quoted from a user) show as text but notify nobody, and
-retried briefly when Discord answers 5xx or the network drops. 429s are discord.py's job:
-it waits the ``retry_after`` Discord asks for and sends again.
+natural boundaries (:func:`bots.conversation.chunking.split_message` keeps code blocks whole
+or closes and reopens them), sent with ``AllowedMentions.none()`` so that "@everyone", role
+or user mentions written by the model (or quoted from a user) show as text but notify
+nobody, and retried briefly when Discord answers 5xx or the network drops. 429s are
+discord.py's job: it waits the ``retry_after`` Discord asks for and sends again.
 
 :class:`StreamingReply` shows a reply while the model writes it, by editing one message at
 most every :data:`EDIT_INTERVAL_SECONDS`, well inside Discord's per-channel edit limits.
@@ -22,8 +22,8 @@ import aiohttp
 import discord
 from discord.abc import Messageable
 
+from bots.conversation.chunking import split_message
 from bots.conversation.preview_pump import PreviewPump
-from core.chunking import split_message
 
 __all__ = [
     "EDIT_INTERVAL_SECONDS",

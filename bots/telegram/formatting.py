@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from html import escape, unescape
 
-from core.chunking import find_code_blocks
+from bots.conversation.chunking import find_code_blocks
 
 __all__ = ["WORD_JOINER", "neutralise_mentions", "sent_len", "to_html", "utf16_len"]
 

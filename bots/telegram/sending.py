@@ -20,9 +20,9 @@ from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ChatType, MessageLimit, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
+from bots.conversation.chunking import split_message
 from bots.conversation.scopes import telegram_chat_scope
 from bots.telegram.formatting import neutralise_mentions, sent_len, to_html
-from core.chunking import split_message
 from core.types import ConversationRef
 
 __all__ = [

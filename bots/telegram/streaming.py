@@ -21,10 +21,10 @@ from telegram import Bot, Message
 from telegram.constants import MessageLimit
 from telegram.error import BadRequest, TelegramError
 
+from bots.conversation.chunking import split_message
 from bots.conversation.preview_pump import PreviewPump
 from bots.telegram.formatting import neutralise_mentions, sent_len
 from bots.telegram.sending import edit_text, quoting, send_text, split_reply
-from core.chunking import split_message
 
 __all__ = ["GROUP_INTERVAL_SECONDS", "PRIVATE_INTERVAL_SECONDS", "StreamingReply"]
 

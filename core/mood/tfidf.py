@@ -38,8 +38,8 @@ __all__ = [
 
 ARTIFACT_FORMAT: Final = 1
 #: Where ``create_mood_detector("tfidf")`` looks; not shipped, train it into place with
-#: ``python -m training.mood_baselines --output core/mood_tfidf_model``.
-DEFAULT_ARTIFACT: Final = Path(__file__).resolve().parent / "mood_tfidf_model"
+#: ``python -m training.mood_baselines --output core/mood/tfidf_model``.
+DEFAULT_ARTIFACT: Final = Path(__file__).resolve().parent / "tfidf_model"
 _META = "tfidf.json"
 _ARRAYS = "tfidf.npz"
 
